@@ -1,0 +1,257 @@
+"""The artifact store: `<store>/<kind>/<id>/` folders of files with `manifest.json` written last.
+
+The store is a local folder or any fsspec URL (`s3://bucket/prefix`). Stages write their files into
+a local staging folder; `publish` hashes them, writes the manifest and moves everything into place.
+
+Atomicity: on a local store the staging folder sits inside the store and is renamed into place in
+one step, so an artifact folder either does not exist or is complete. On object storage there is no
+rename: files are uploaded first and the manifest last, and readers treat a folder without a
+manifest as absent. Two runs publishing the same id at once write byte-identical files (stages are
+deterministic), so whichever manifest lands last describes the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+from pydantic import ValidationError
+
+from bertflow.pipeline.manifest import (
+    FORMAT_VERSIONS,
+    MANIFEST_NAME,
+    FileEntry,
+    InputFingerprint,
+    Manifest,
+    Producer,
+    bertflow_version,
+    git_commit,
+    kind_of,
+    sha256_file,
+    utc_now,
+)
+
+STORE_ENV = "BERTFLOW_STORE"
+DEFAULT_STORE = "~/.bertflow/store"
+STAGING_DIR = ".staging"
+
+
+class StoreError(Exception):
+    """A problem with the store or an artifact in it; the message names which."""
+
+
+class ArtifactNotFound(StoreError):
+    pass
+
+
+def default_store_url() -> str:
+    return os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
+@dataclass(frozen=True)
+class Published:
+    manifest: Manifest
+    cached: bool  # True when an identical artifact already existed
+
+
+class ArtifactStore:
+    def __init__(self, url: str | None = None, storage_options: dict[str, Any] | None = None):
+        url = url or default_store_url()
+        if "://" not in url:
+            url = str(Path(url).expanduser().resolve())
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.is_local = "file" in _protocols(self.fs)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def _dir(self, artifact_id: str) -> str:
+        return f"{self.root}/{kind_of(artifact_id)}/{artifact_id}"
+
+    def uri(self, artifact_id: str, relpath: str | None = None) -> str:
+        """A URL for the artifact folder (or a file in it) that fsspec and people can open."""
+        path = self._dir(artifact_id) + (f"/{relpath}" if relpath else "")
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def asset_key(self, artifact_id: str) -> str:
+        """A URI naming the artifact as a data asset (`file:///…` or `s3://…`)."""
+        return Path(self._dir(artifact_id)).as_uri() if self.is_local else self.uri(artifact_id)
+
+    def local_path(self, artifact_id: str) -> Path | None:
+        return Path(self._dir(artifact_id)) if self.is_local else None
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get(self, artifact_id: str) -> Manifest | None:
+        """The manifest of a complete artifact, or None when there is none with that id."""
+        path = f"{self._dir(artifact_id)}/{MANIFEST_NAME}"
+        try:
+            with self.fs.open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        return _parse_manifest(raw, self.fs.unstrip_protocol(path))
+
+    def require(self, artifact_id: str, kind: str | None = None) -> Manifest:
+        """The manifest of `artifact_id`, or a StoreError saying why it cannot be used."""
+        try:
+            actual_kind = kind_of(artifact_id)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        if kind is not None and actual_kind != kind:
+            raise StoreError(f"{artifact_id} is a {actual_kind} artifact, not a {kind} artifact")
+        manifest = self.get(artifact_id)
+        if manifest is None:
+            raise ArtifactNotFound(f"no artifact {artifact_id} in store {self.url}")
+        return manifest
+
+    def list(self, kind: str | None = None) -> list[Manifest]:
+        kinds = [kind] if kind else sorted(FORMAT_VERSIONS)
+        manifests = []
+        for k in kinds:
+            for path in sorted(self.fs.glob(f"{self.root}/{k}/*/{MANIFEST_NAME}")):
+                with self.fs.open(path, "rb") as f:
+                    manifests.append(_parse_manifest(f.read(), self.fs.unstrip_protocol(path)))
+        return sorted(manifests, key=lambda m: (m.created, m.id))
+
+    def open(self, artifact_id: str, relpath: str, mode: str = "rb") -> IO[Any]:
+        return self.fs.open(f"{self._dir(artifact_id)}/{relpath}", mode)
+
+    def verify(self, artifact_id: str) -> list[str]:
+        """Re-hash every file the manifest lists; return one line per file that differs."""
+        manifest = self.require(artifact_id)
+        problems = []
+        for entry in manifest.files:
+            path = f"{self._dir(artifact_id)}/{entry.path}"
+            try:
+                size = self.fs.size(path)
+            except FileNotFoundError:
+                problems.append(f"{entry.path}: missing")
+                continue
+            if size != entry.size:
+                problems.append(f"{entry.path}: size {size} bytes, manifest says {entry.size}")
+                continue
+            digest = hashlib.sha256()
+            with self.fs.open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            if digest.hexdigest() != entry.sha256:
+                problems.append(f"{entry.path}: content changed (sha256 differs)")
+        return problems
+
+    # -- writing --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def staging(self, artifact_id: str) -> Iterator[Path]:
+        """A fresh local folder to write an artifact's files into; removed afterwards.
+
+        For a local store it lies inside the store, so publishing is a rename on one filesystem.
+        """
+        if self.is_local:
+            base = Path(self.root) / STAGING_DIR
+            base.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=f"{artifact_id}-", dir=base))
+        else:
+            path = Path(tempfile.mkdtemp(prefix=f"bertflow-{artifact_id}-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(
+        self,
+        staging: Path,
+        artifact_id: str,
+        *,
+        config: dict[str, Any],
+        upstream: dict[str, str] | None = None,
+        inputs: list[InputFingerprint] | None = None,
+        stats: dict[str, Any] | None = None,
+        layout: dict[str, Any] | None = None,
+        flow_run_id: str | None = None,
+    ) -> Published:
+        """Hash the staged files, write the manifest last, and make the artifact visible."""
+        kind = kind_of(artifact_id)
+        existing = self.get(artifact_id)
+        if existing is not None:
+            return Published(existing, cached=True)
+        manifest = Manifest(
+            id=artifact_id,
+            kind=kind,
+            format_version=FORMAT_VERSIONS[kind],
+            created=utc_now(),
+            config=config,
+            upstream=upstream or {},
+            inputs=inputs or [],
+            files=_file_entries(staging),
+            layout=layout or {},
+            stats=stats or {},
+            producer=Producer(
+                bertflow_version=bertflow_version(),
+                git_commit=git_commit(),
+                prefect_flow_run_id=flow_run_id,
+            ),
+        )
+        if self.is_local:
+            return self._publish_local(staging, manifest)
+        return self._publish_remote(staging, manifest)
+
+    def _publish_local(self, staging: Path, manifest: Manifest) -> Published:
+        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+        final = Path(self._dir(manifest.id))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            # Another run published the same id first (or a folder was left without a manifest).
+            existing = self.get(manifest.id)
+            if existing is not None:
+                return Published(existing, cached=True)
+            trash = Path(self.root) / STAGING_DIR / f"incomplete-{uuid.uuid4().hex}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            os.rename(staging, final)
+        return Published(manifest, cached=False)
+
+    def _publish_remote(self, staging: Path, manifest: Manifest) -> Published:
+        final = self._dir(manifest.id)
+        for entry in manifest.files:
+            self.fs.put_file(str(staging / entry.path), f"{final}/{entry.path}")
+        self.fs.pipe_file(f"{final}/{MANIFEST_NAME}", manifest.to_json().encode())
+        return Published(manifest, cached=False)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _file_entries(folder: Path) -> list[FileEntry]:
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        entries.append(FileEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
+    return entries
+
+
+def _parse_manifest(raw: bytes, where: str) -> Manifest:
+    try:
+        return Manifest.model_validate(json.loads(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as e:
+        raise StoreError(f"{where}: not a valid bertflow manifest ({e})") from None
