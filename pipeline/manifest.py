@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ FORMAT_VERSIONS: dict[str, int] = {
 }
 
 ID_HEX_CHARS = 20  # 80 bits: collisions are not a practical concern for one team's store
+_HEX_DIGEST = re.compile(f"[0-9a-f]{{{ID_HEX_CHARS}}}")
 
 
 class FileEntry(BaseModel):
@@ -106,7 +108,7 @@ def artifact_id(
 def kind_of(artifact_id: str) -> str:
     """The kind an id names (`corpus-3fa…` -> `corpus`), or ValueError for a malformed id."""
     kind, sep, digest = artifact_id.partition("-")
-    if not sep or kind not in FORMAT_VERSIONS or len(digest) != ID_HEX_CHARS:
+    if not sep or kind not in FORMAT_VERSIONS or not _HEX_DIGEST.fullmatch(digest):
         raise ValueError(
             f"{artifact_id!r} is not an artifact id (expected <kind>-<{ID_HEX_CHARS} hex chars>"
             f" with kind one of {sorted(FORMAT_VERSIONS)})"

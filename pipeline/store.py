@@ -13,6 +13,7 @@ deterministic), so whichever manifest lands last describes the same bytes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ from bertflow.pipeline.manifest import (
 STORE_ENV = "BERTFLOW_STORE"
 DEFAULT_STORE = "~/.bertflow/store"
 STAGING_DIR = ".staging"
+LOCKS_DIR = ".locks"
 
 
 class StoreError(Exception):
@@ -72,7 +74,7 @@ class ArtifactStore:
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = self.root.rstrip("/")
-        self.is_local = "file" in _protocols(self.fs)
+        self.is_local = is_local_fs(self.fs)
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -99,6 +101,7 @@ class ArtifactStore:
     def get(self, artifact_id: str) -> Manifest | None:
         """The manifest of a complete artifact, or None when there is none with that id."""
         path = f"{self._dir(artifact_id)}/{MANIFEST_NAME}"
+        self.fs.invalidate_cache()  # other processes publish too; never answer from old listings
         try:
             with self.fs.open(path, "rb") as f:
                 raw = f.read()
@@ -121,6 +124,7 @@ class ArtifactStore:
 
     def list(self, kind: str | None = None) -> list[Manifest]:
         kinds = [kind] if kind else sorted(FORMAT_VERSIONS)
+        self.fs.invalidate_cache()
         manifests = []
         for k in kinds:
             for path in sorted(self.fs.glob(f"{self.root}/{k}/*/{MANIFEST_NAME}")):
@@ -134,6 +138,7 @@ class ArtifactStore:
     def verify(self, artifact_id: str) -> list[str]:
         """Re-hash every file the manifest lists; return one line per file that differs."""
         manifest = self.require(artifact_id)
+        self.fs.invalidate_cache()
         problems = []
         for entry in manifest.files:
             path = f"{self._dir(artifact_id)}/{entry.path}"
@@ -214,16 +219,16 @@ class ArtifactStore:
         (staging / MANIFEST_NAME).write_text(manifest.to_json())
         final = Path(self._dir(manifest.id))
         final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            # Another run published the same id first (or a folder was left without a manifest).
+        # Publishers of one id take turns, so a folder left without a manifest by a crash is
+        # cleared by exactly one of them and nobody moves another's complete artifact.
+        with _exclusive(Path(self.root) / LOCKS_DIR / f"{manifest.id}.lock"):
             existing = self.get(manifest.id)
             if existing is not None:
                 return Published(existing, cached=True)
-            trash = Path(self.root) / STAGING_DIR / f"incomplete-{uuid.uuid4().hex}"
-            os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            if final.exists():
+                trash = Path(self.root) / STAGING_DIR / f"incomplete-{uuid.uuid4().hex}"
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
             os.rename(staging, final)
         return Published(manifest, cached=False)
 
@@ -235,9 +240,20 @@ class ArtifactStore:
         return Published(manifest, cached=False)
 
 
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols
 
 
 def _file_entries(folder: Path) -> list[FileEntry]:
