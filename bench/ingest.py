@@ -1,0 +1,144 @@
+"""Ingest throughput and peak memory, side by side with the floor of reading + segmenting only.
+
+    python bench/ingest.py [--mb 100] [--big-mb 400] [--workdir /tmp/bertflow-bench]
+
+The corpus is the demo corpus repeated until it reaches the size asked for; each copy's documents
+get a distinct first line so deduplication keeps them all. Rows of the table:
+
+- floor: read every file and run only blingfire's sentence splitter (1 and 2 processes);
+- ingest: the whole stage (parse, clean, segment, hash, spill, dedup, write Parquet, hash files);
+- peak memory of the stage for the small and the big corpus (largest single process, and the sum
+  of the main process and one worker), which should be about the same: memory is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from blingfire import text_to_sentences
+
+from bertflow.pipeline.sources import demo_corpus_dir
+
+
+def build_corpus(folder: Path, target_mb: float) -> tuple[int, int]:
+    """Copies of the demo corpus, each document with its own first line; returns (files, bytes)."""
+    if (folder / "done").exists():
+        files = sorted(folder.rglob("*.txt"))
+        return len(files), sum(f.stat().st_size for f in files)
+    shutil.rmtree(folder, ignore_errors=True)
+    speeches = sorted(demo_corpus_dir().glob("*.txt"))
+    texts = [(p.name, p.read_text(encoding="utf-8")) for p in speeches]
+    total, files, copy = 0, 0, 0
+    while total < target_mb * 1e6:
+        out = folder / f"copy{copy:03d}"
+        out.mkdir(parents=True)
+        for name, text in texts:
+            data = f"Copy {copy} of this address.\n\n{text}".encode()
+            (out / name).write_bytes(data)
+            total += len(data)
+            files += 1
+        copy += 1
+    (folder / "done").write_text("")
+    return files, total
+
+
+def _segment_file(path: Path) -> int:
+    return len(text_to_sentences(path.read_text(encoding="utf-8")).split("\n"))
+
+
+def floor(folder: Path, processes: int) -> float:
+    """Seconds to read every file and split it into sentences, nothing else."""
+    files = sorted(folder.rglob("*.txt"))
+    started = time.perf_counter()
+    if processes == 1:
+        for f in files:
+            _segment_file(f)
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            pool.map(_segment_file, files, chunksize=16)
+    return time.perf_counter() - started
+
+
+RUN_INGEST = """
+import json, resource, sys, time
+from bertflow.pipeline.ingest import IngestConfig, ingest
+from bertflow.pipeline.store import ArtifactStore
+source, store_dir, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+started = time.perf_counter()
+published = ingest(IngestConfig(sources=[source], workers=workers), ArtifactStore(store_dir))
+seconds = time.perf_counter() - started
+stats = published.manifest.stats
+print(json.dumps({
+    "seconds": seconds,
+    "documents": stats["documents_read"],
+    "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "workers_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+}))
+"""
+
+
+def run_ingest(folder: Path, store: Path, workers: int) -> dict:
+    shutil.rmtree(store, ignore_errors=True)
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_INGEST, str(folder), str(store), str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mb", type=float, default=100)
+    parser.add_argument("--big-mb", type=float, default=400)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bertflow-bench"))
+    args = parser.parse_args()
+
+    small = args.workdir / f"corpus-{args.mb:g}mb"
+    big = args.workdir / f"corpus-{args.big_mb:g}mb"
+    n_files, n_bytes = build_corpus(small, args.mb)
+    mb = n_bytes / 1e6
+    print(f"corpus: {n_files} files, {mb:.1f} MB (demo corpus repeated)\n", flush=True)
+
+    rows = []
+    for processes in (1, 2):
+        seconds = floor(small, processes)
+        rows.append((f"floor: read + blingfire only, {processes} proc", seconds, None, None))
+    ingest_runs = {}
+    for workers in (1, 2):
+        r = run_ingest(small, args.workdir / "store", workers)
+        ingest_runs[workers] = r
+        rows.append((f"bertflow ingest, {workers} worker(s)", r["seconds"], r["documents"], r))
+
+    floor_1 = rows[0][1]
+    print("| run | seconds | MB/s | documents/s | x floor (1 proc) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds, docs, _ in rows:
+        docs_s = f"{docs / seconds:,.0f}" if docs else "—"
+        print(
+            f"| {name} | {seconds:.1f} | {mb / seconds:.1f} | {docs_s} | {seconds / floor_1:.2f} |"
+        )
+
+    big_files, big_bytes = build_corpus(big, args.big_mb)
+    big_run = run_ingest(big, args.workdir / "store", 2)
+    print("\npeak memory, 2 workers (largest process; main process + one worker):")
+    print("| input | MB | seconds | main process MB | largest worker MB |")
+    print("|---|---:|---:|---:|---:|")
+    for label, size, r in (("small", mb, ingest_runs[2]), ("big", big_bytes / 1e6, big_run)):
+        print(
+            f"| {label} | {size:.0f} | {r['seconds']:.1f} | {r['self_kb'] / 1024:.0f}"
+            f" | {r['workers_kb'] / 1024:.0f} |"
+        )
+    shutil.rmtree(args.workdir / "store", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""`bertflow`: one console script, one subcommand per stage plus artifact and lineage tools.
+
+Stage subcommands run their stage as a Prefect flow: against PREFECT_API_URL when it is set (so the
+run shows in the UI), otherwise on a temporary local Prefect server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from bertflow.flows.options import add_config_options, config_from_args, describe_validation_error
+from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.ingest import IngestConfig
+from bertflow.pipeline.lineage import lineage, render, summarize
+from bertflow.pipeline.manifest import FORMAT_VERSIONS
+from bertflow.pipeline.store import DEFAULT_STORE, STORE_ENV, ArtifactStore, StoreError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ValidationError as e:
+        print(
+            f"bertflow {args.command}: invalid option\n{describe_validation_error(e)}",
+            file=sys.stderr,
+        )
+        return 2
+    except (InputError, StoreError) as e:
+        print(f"bertflow {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,
+        help=f"artifact store: a folder or fsspec URL such as s3://bucket/prefix "
+        f"(default: ${STORE_ENV}, else {DEFAULT_STORE})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="bertflow",
+        parents=[common],
+        description="Pretrain BERT encoders as a content-addressed Prefect pipeline.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = commands.add_parser(
+        "ingest",
+        parents=[common],
+        help="raw text -> corpus artifact",
+        description="Clean, sentence-split and deduplicate raw text into a corpus artifact.",
+    )
+    ingest.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="files, folders, globs, fsspec URLs (s3://...), or 'demo'/'demo-small'",
+    )
+    add_config_options(ingest, IngestConfig, skip=("sources",))
+    _add_json(ingest)
+    ingest.set_defaults(handler=_ingest)
+
+    artifacts = commands.add_parser(
+        "artifacts", parents=[common], help="list, show and verify artifacts"
+    )
+    artifact_commands = artifacts.add_subparsers(
+        dest="artifacts_command", required=True, metavar="ACTION"
+    )
+    ls = artifact_commands.add_parser("ls", parents=[common], help="list artifacts")
+    ls.add_argument("--kind", choices=sorted(FORMAT_VERSIONS))
+    _add_json(ls)
+    ls.set_defaults(handler=_artifacts_ls)
+    show = artifact_commands.add_parser(
+        "show", parents=[common], help="print an artifact's manifest"
+    )
+    show.add_argument("id")
+    _add_json(show)
+    show.set_defaults(handler=_artifacts_show)
+    verify = artifact_commands.add_parser(
+        "verify", parents=[common], help="re-hash an artifact's files against its manifest"
+    )
+    verify.add_argument("id")
+    verify.set_defaults(handler=_artifacts_verify)
+
+    lineage_cmd = commands.add_parser(
+        "lineage", parents=[common], help="everything upstream of an artifact, down to raw inputs"
+    )
+    lineage_cmd.add_argument("id")
+    _add_json(lineage_cmd)
+    lineage_cmd.set_defaults(handler=_lineage)
+    return parser
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as one JSON line, last"
+    )
+
+
+def _store(args: argparse.Namespace) -> ArtifactStore:
+    return ArtifactStore(getattr(args, "store", None))
+
+
+def _run_stage(args: argparse.Namespace, run: Callable[[ArtifactStore], Any]) -> int:
+    store = _store(args)
+    result = run(store)
+    if args.json:
+        sys.stdout.flush()
+        print(json.dumps(result.model_dump(mode="json")), flush=True)
+        return 0
+    manifest = store.require(result.id)
+    state = "already existed (cached)" if result.cached else "published"
+    print(f"{result.id} {state}\n  {summarize(manifest)}\n  {result.uri}")
+    for warning in result.stats.get("warnings", []):
+        print(f"  warning: {warning}")
+    print(f"  next: bertflow lineage {result.id}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    config = config_from_args(IngestConfig, args, sources=args.sources)
+
+    def run(store: ArtifactStore) -> Any:
+        from bertflow.flows.ingest import ingest_flow  # imports prefect: only when a flow runs
+
+        return ingest_flow(config=config, store_url=store.url)
+
+    return _run_stage(args, run)
+
+
+def _artifacts_ls(args: argparse.Namespace) -> int:
+    store = _store(args)
+    manifests = store.list(args.kind)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": m.id,
+                        "kind": m.kind,
+                        "created": m.created,
+                        "uri": store.uri(m.id),
+                        "upstream": m.upstream,
+                    }
+                    for m in manifests
+                ]
+            )
+        )
+        return 0
+    if not manifests:
+        print(f"no artifacts in {store.url}")
+    for m in manifests:
+        print(f"{m.id}  {m.created}  {summarize(m)}")
+    return 0
+
+
+def _artifacts_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    manifest = store.require(args.id)
+    data = manifest.model_dump(mode="json")
+    data["uri"] = store.uri(manifest.id)
+    local = store.local_path(manifest.id)
+    data["local_path"] = str(local) if local else None
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(json.dumps(data, indent=2))
+    return 0
+
+
+def _artifacts_verify(args: argparse.Namespace) -> int:
+    store = _store(args)
+    manifest = store.require(args.id)
+    problems = store.verify(args.id)
+    if problems:
+        print(
+            f"{args.id}: {len(problems)} of {len(manifest.files)} files differ from the manifest:"
+        )
+        for problem in problems:
+            print(f"  {problem}")
+        return 1
+    print(f"{args.id}: all {len(manifest.files)} files match the manifest")
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    tree = lineage(_store(args), args.id)
+    print(json.dumps(tree) if args.json else render(tree))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

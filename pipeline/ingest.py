@@ -1,0 +1,626 @@
+"""Ingestion: raw text files -> a `corpus` of cleaned, sentence-split, deduplicated documents.
+
+The work is a map and a reduce, both spread over a process pool:
+
+- map: each task reads a group of input files, cleans and segments every document, hashes it, and
+  appends it to a spill file of the bucket its hash selects (train or validation by one part of the
+  hash, bucket by another). Memory per task is bounded by the spill buffer.
+- reduce: each bucket's spill files are read, sorted by (hash, source), exact duplicates dropped
+  (the copy with the smallest source name is kept) and written as one Parquet file.
+
+Every document lands in the same bucket and every bucket is sorted the same way whatever the number
+of tasks or workers, so the output is byte-identical for any `workers`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import io
+import math
+import multiprocessing
+import os
+import queue
+import resource
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bertflow.pipeline.clean import SentenceLimits, document_sentences
+from bertflow.pipeline.corpus import CORPUS_SCHEMA, SPLITS, Split, write_corpus_file
+from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.formats import COMPRESSIONS, ReaderOptions, ReadTally, read_documents
+from bertflow.pipeline.manifest import InputFingerprint, artifact_id
+from bertflow.pipeline.progress import Progress, ProgressCallback
+from bertflow.pipeline.sources import SkippedFile, SourceFile, fingerprint, resolve_sources
+from bertflow.pipeline.store import ArtifactStore, Published
+
+# How much bigger text gets when decompressed: only used to size output files.
+EXPANSION = {"gzip": 3.0, "bz2": 4.0, "xz": 4.0, "zstd": 3.0, None: 1.0}
+SPILL_FLUSH_BYTES = 32 << 20
+MIN_TASK_BYTES = 32 << 20
+MAX_EXAMPLES = 20
+
+
+class IngestConfig(BaseModel):
+    """How raw text becomes a corpus. Every field but `workers` shapes the artifact's id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[str] = Field(
+        min_length=1,
+        description="Files, folders, globs, fsspec URLs (s3://...), or 'demo' / 'demo-small'.",
+    )
+    format: Literal["auto", "text", "markdown", "jsonl", "json", "parquet", "wikipedia"] = Field(
+        "auto", description="Input format; 'auto' infers it from each file name."
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="JSON field / Parquet column with the text."
+    )
+    doc_split: Literal["file", "blank-lines", "separator"] = Field(
+        "file",
+        description="For text and markdown: one document per file, per blank-line-separated block, "
+        "or per block between separator lines.",
+    )
+    doc_separator: str | None = Field(
+        None, description="The separator line for doc_split=separator."
+    )
+    validation_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        lt=1.0,
+        description="Share of documents (chosen by hash) held out for validation.",
+    )
+    min_sentence_chars: int = Field(2, ge=1, description="Shorter sentences are dropped.")
+    max_sentence_chars: int = Field(
+        2000, ge=16, description="Longer sentences are cut at whitespace into pieces of this size."
+    )
+    min_doc_chars: int = Field(20, ge=0, description="Documents with fewer characters are dropped.")
+    min_doc_sentences: int = Field(
+        1, ge=1, description="Documents with fewer sentences are dropped."
+    )
+    max_doc_chars: int | None = Field(
+        None, ge=1, description="Documents with more characters are dropped (no limit when unset)."
+    )
+    max_bad_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="The stage fails when more than this share of records is malformed.",
+    )
+    on_bad_file: Literal["fail", "skip"] = Field(
+        "fail",
+        description="A corrupt or unreadable file fails the stage, or is skipped from the point "
+        "of the error on (what was read before it is kept) and reported.",
+    )
+    target_file_mb: float = Field(
+        64.0, gt=0, description="Target size of each output Parquet file."
+    )
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Worker processes; the output does not depend on it.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> IngestConfig:
+        if self.doc_split == "separator" and not self.doc_separator:
+            raise ValueError("doc_separator: required when doc_split is 'separator'")
+        if self.min_sentence_chars > self.max_sentence_chars:
+            raise ValueError("min_sentence_chars: must not exceed max_sentence_chars")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that shape the output. Sources enter the id through their fingerprints."""
+        return self.model_dump(mode="json", exclude={"workers", "sources"})
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """What an ingest run will read and the id of the corpus it will make."""
+
+    config: IngestConfig
+    files: list[SourceFile]
+    skipped: list[SkippedFile]
+    inputs: list[InputFingerprint]
+    artifact_id: str
+    buckets: dict[Split, int]
+
+
+def plan_ingest(config: IngestConfig, storage_options: dict[str, Any] | None = None) -> IngestPlan:
+    """Resolve and fingerprint the sources; cheap enough to run before every cache check."""
+    files, skipped = resolve_sources(config.sources, config.format, storage_options)
+    inputs = [fingerprint(f, storage_options) for f in files]
+    corpus_id = artifact_id("corpus", config.identity(), inputs=inputs)
+    return IngestPlan(config, files, skipped, inputs, corpus_id, _bucket_counts(config, files))
+
+
+def ingest(
+    config: IngestConfig,
+    store: ArtifactStore,
+    callbacks: Sequence[ProgressCallback] = (),
+    flow_run_id: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Published:
+    """Plan, skip when the corpus exists, else build and publish it."""
+    plan = plan_ingest(config, storage_options)
+    existing = store.get(plan.artifact_id)
+    if existing is not None:
+        return Published(existing, cached=True)
+    return build_and_publish(plan, store, callbacks, flow_run_id, storage_options)
+
+
+def build_and_publish(
+    plan: IngestPlan,
+    store: ArtifactStore,
+    callbacks: Sequence[ProgressCallback] = (),
+    flow_run_id: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Published:
+    with store.staging(plan.artifact_id) as staging:
+        stats, layout = build_corpus(plan, staging, callbacks, storage_options)
+        return store.publish(
+            staging,
+            plan.artifact_id,
+            config=plan.config.model_dump(mode="json"),
+            inputs=plan.inputs,
+            stats=stats,
+            layout=layout,
+            flow_run_id=flow_run_id,
+        )
+
+
+def build_corpus(
+    plan: IngestPlan,
+    out_dir: Path,
+    callbacks: Sequence[ProgressCallback] = (),
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the corpus files of `plan` into `out_dir`; return (stats, layout)."""
+    config = plan.config
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bertflow-ingest-spill-") as spill_dir:
+        map_tasks = [
+            _MapTask(i, group, config, spill_dir, plan.buckets, storage_options or {})
+            for i, group in enumerate(_group_files(plan.files, config.workers))
+        ]
+        progress = Progress("ingest", sum(f.size for f in plan.files), len(plan.files), callbacks)
+        mapped: list[_MapResult] = _run_pool(_map_files, map_tasks, config.workers, progress)
+        progress.close()
+        tally = _merge_map_results(mapped)
+        _check_bad_share(tally, config.max_bad_fraction)
+
+        reduce_tasks = [
+            _ReduceTask(
+                spill_dir, split, bucket, str(out_dir / split / f"part-{bucket:05d}.parquet")
+            )
+            for split in SPLITS
+            for bucket in range(plan.buckets[split])
+        ]
+        reduced: list[_ReduceResult] = _run_pool(_reduce_bucket, reduce_tasks, config.workers, None)
+
+    stats = _stats(plan, tally, reduced, time.monotonic() - started)
+    if stats["documents"]["train"] == 0:
+        raise InputError(
+            "no documents left after filtering: "
+            f"{tally.documents_read} read, filtered {dict(tally.filtered)},"
+            f" {stats['duplicates_removed']} duplicates"
+        )
+    layout = {
+        "splits": {
+            split: [
+                {"path": r.relpath(out_dir), "documents": r.documents, "sentences": r.sentences}
+                for r in reduced
+                if r.split == split and r.documents
+            ]
+            for split in SPLITS
+        },
+        "schema": [f"{f.name}: {f.type}" for f in CORPUS_SCHEMA],
+    }
+    return stats, layout
+
+
+# -- map ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _MapTask:
+    index: int
+    files: list[SourceFile]
+    config: IngestConfig
+    spill_dir: str
+    buckets: dict[Split, int]
+    storage_options: dict[str, Any]
+
+
+@dataclass
+class _MapResult:
+    tally: ReadTally = field(default_factory=ReadTally)
+    documents_read: int = 0
+    documents_kept: int = 0
+    filtered: Counter[str] = field(default_factory=Counter)
+    sentences_dropped_short: int = 0
+    sentences_split_long: int = 0
+    files_read: int = 0
+    files_skipped: list[dict[str, str]] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+def _map_files(task: _MapTask, report: Callable[[int, int, int], None]) -> _MapResult:
+    config = task.config
+    limits = SentenceLimits(config.min_sentence_chars, config.max_sentence_chars)
+    options = ReaderOptions(config.text_field, config.doc_split, config.doc_separator)
+    threshold = int(config.validation_fraction * 2**64)
+    result = _MapResult()
+    spill = _SpillWriter(Path(task.spill_dir), task.index)
+    for file in task.files:
+        counted = 0
+        pending_docs = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal counted, pending_docs
+            counted += n
+            report(n, 0, pending_docs)
+            pending_docs = 0
+
+        try:
+            with fsspec.open(file.uri, "rb", **task.storage_options) as raw:
+                stream = io.BufferedReader(_CountingRaw(raw, on_bytes), buffer_size=1 << 20)
+                for doc in read_documents(stream, file.name, file.format, options, result.tally):
+                    result.documents_read += 1
+                    pending_docs += 1
+                    reason = _route(
+                        doc.text, doc.location, limits, config, threshold, task, spill, result
+                    )
+                    if reason:
+                        result.filtered[reason] += 1
+            result.files_read += 1
+        except (InputError, OSError) as e:
+            error = (
+                e if isinstance(e, InputError) else InputError(f"{file.name}: cannot read ({e})")
+            )
+            if config.on_bad_file == "fail":
+                spill.close()
+                raise error from None
+            result.files_skipped.append({"file": file.name, "reason": str(error)})
+        report(max(0, file.size - counted), 1, pending_docs)
+        result.bytes_read += file.size
+    spill.close()
+    return result
+
+
+def _route(
+    text: str,
+    location: str,
+    limits: SentenceLimits,
+    config: IngestConfig,
+    threshold: int,
+    task: _MapTask,
+    spill: _SpillWriter,
+    result: _MapResult,
+) -> str | None:
+    """Clean, filter and hash one document, then spill it; return why it was dropped, if it was."""
+    sentences, dropped_short, split_long = document_sentences(text, limits)
+    result.sentences_dropped_short += dropped_short
+    result.sentences_split_long += split_long
+    if not sentences:
+        return "empty"
+    chars = sum(len(s) for s in sentences)
+    if chars < config.min_doc_chars:
+        return "too_few_chars"
+    if len(sentences) < config.min_doc_sentences:
+        return "too_few_sentences"
+    if config.max_doc_chars is not None and chars > config.max_doc_chars:
+        return "too_many_chars"
+    digest = hashlib.blake2b("\n".join(sentences).encode(), digest_size=16).digest()
+    split: Split = "validation" if int.from_bytes(digest[:8], "big") < threshold else "train"
+    bucket = int.from_bytes(digest[8:12], "big") % task.buckets[split]
+    spill.add(split, bucket, digest.hex(), location, sentences, chars)
+    result.documents_kept += 1
+    return None
+
+
+class _CountingRaw(io.RawIOBase):
+    """A raw stream that reports how many bytes were read from the file underneath."""
+
+    def __init__(self, inner: Any, on_bytes: Callable[[int], None]):
+        self.inner = inner
+        self.on_bytes = on_bytes
+        self._pending = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.inner.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._pending += n
+        if self._pending >= 1 << 20 or n == 0:
+            self.on_bytes(self._pending)
+            self._pending = 0
+        return n
+
+
+class _SpillWriter:
+    """Buffers routed documents per (split, bucket) and appends them to Arrow stream files."""
+
+    def __init__(self, spill_dir: Path, task_index: int):
+        self.spill_dir = spill_dir
+        self.task_index = task_index
+        self.buffers: dict[tuple[Split, int], tuple[list, list, list]] = {}
+        self.writers: dict[tuple[Split, int], pa.ipc.RecordBatchStreamWriter] = {}
+        self.buffered = 0
+
+    def add(
+        self, split: Split, bucket: int, doc_id: str, source: str, sentences: list[str], chars: int
+    ):
+        ids, sources, sents = self.buffers.setdefault((split, bucket), ([], [], []))
+        ids.append(doc_id)
+        sources.append(source)
+        sents.append(sentences)
+        self.buffered += chars
+        if self.buffered >= SPILL_FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        for key, (ids, sources, sents) in self.buffers.items():
+            if not ids:
+                continue
+            writer = self.writers.get(key)
+            if writer is None:
+                folder = self.spill_dir / f"{key[0]}-{key[1]:05d}"
+                folder.mkdir(exist_ok=True)
+                sink = pa.OSFile(str(folder / f"{self.task_index:05d}.arrow"), "wb")
+                writer = self.writers[key] = pa.ipc.new_stream(sink, CORPUS_SCHEMA)
+            writer.write_batch(pa.record_batch([ids, sources, sents], schema=CORPUS_SCHEMA))
+        self.buffers.clear()
+        self.buffered = 0
+
+    def close(self) -> None:
+        self.flush()
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+
+# -- reduce ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ReduceTask:
+    spill_dir: str
+    split: Split
+    bucket: int
+    out_path: str
+
+
+@dataclass(frozen=True)
+class _ReduceResult:
+    split: Split
+    path: str
+    documents: int
+    sentences: int
+    characters: int
+    duplicates: int
+
+    def relpath(self, root: Path) -> str:
+        return Path(self.path).relative_to(root).as_posix()
+
+
+def _reduce_bucket(task: _ReduceTask, report: Callable[[int, int, int], None]) -> _ReduceResult:
+    folder = Path(task.spill_dir) / f"{task.split}-{task.bucket:05d}"
+    pieces = sorted(folder.glob("*.arrow")) if folder.exists() else []
+    if not pieces:
+        report(0, 1, 0)
+        return _ReduceResult(task.split, task.out_path, 0, 0, 0, 0)
+    table = pa.concat_tables(pa.ipc.open_stream(pa.OSFile(str(p))).read_all() for p in pieces)
+    table = table.sort_by([("doc_id", "ascending"), ("source", "ascending")])
+    ids = table.column("doc_id").combine_chunks()
+    first = pc.not_equal(ids[1:], ids[:-1]) if len(ids) > 1 else pa.array([], pa.bool_())
+    keep = pa.concat_arrays([pa.array([True]), first])
+    deduped = table.filter(keep).combine_chunks()
+    write_corpus_file(deduped, Path(task.out_path))
+    shutil.rmtree(folder, ignore_errors=True)
+    sentences = deduped.column("sentences")
+    report(0, 1, deduped.num_rows)
+    return _ReduceResult(
+        task.split,
+        task.out_path,
+        documents=deduped.num_rows,
+        sentences=int(pc.sum(pc.list_value_length(sentences)).as_py() or 0),
+        characters=int(pc.sum(pc.utf8_length(pc.list_flatten(sentences))).as_py() or 0),
+        duplicates=table.num_rows - deduped.num_rows,
+    )
+
+
+# -- running tasks --------------------------------------------------------------------------------
+
+_worker_queue: Any = None
+
+
+def _init_worker(progress_queue: Any) -> None:
+    global _worker_queue
+    _worker_queue = progress_queue
+    # one spill file per bucket stays open in each map task
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _queue_report(bytes_done: int, files_done: int, documents: int) -> None:
+    _worker_queue.put((bytes_done, files_done, documents))
+
+
+def _call_in_worker(fn: Callable[[Any, Any], Any], task: Any) -> Any:
+    return fn(task, _queue_report)
+
+
+def _run_pool(
+    fn: Callable[[Any, Any], Any], tasks: list[Any], workers: int, progress: Progress | None
+):
+    """Run fn(task, report) for every task, in order of tasks; in-process when workers == 1."""
+
+    def advance(bytes_done: int, files_done: int, documents: int) -> None:
+        if progress is not None:
+            progress.advance(bytes_done, files_done, documents)
+
+    if workers == 1 or len(tasks) <= 1:
+        return [fn(task, advance) for task in tasks]
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs Prefect threads
+    progress_queue = context.Queue()
+    with cf.ProcessPoolExecutor(
+        min(workers, len(tasks)),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(progress_queue,),
+    ) as pool:
+        futures = [pool.submit(_call_in_worker, fn, task) for task in tasks]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_EXCEPTION)
+                _drain(progress_queue, advance)
+                for future in done:
+                    future.result()  # raises the first failure
+            _drain(progress_queue, advance)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        return [f.result() for f in futures]
+
+
+def _drain(progress_queue: Any, advance: Callable[[int, int, int], None]) -> None:
+    while True:
+        try:
+            advance(*progress_queue.get_nowait())
+        except queue.Empty:
+            return
+
+
+# -- planning and stats ---------------------------------------------------------------------------
+
+
+def _compression(name: str) -> str | None:
+    return next((c for ext, c in COMPRESSIONS.items() if name.endswith(ext)), None)
+
+
+def _bucket_counts(config: IngestConfig, files: list[SourceFile]) -> dict[Split, int]:
+    """How many output files each split gets, from the estimated size of the text."""
+    text_bytes = sum(f.size * EXPANSION.get(_compression(f.name), 1.0) for f in files)
+    target = config.target_file_mb * 1e6
+    fraction = config.validation_fraction
+    return {
+        "train": max(1, math.ceil(text_bytes * (1 - fraction) / target)),
+        "validation": max(1, math.ceil(text_bytes * fraction / target)) if fraction > 0 else 0,
+    }
+
+
+def _group_files(files: list[SourceFile], workers: int) -> list[list[SourceFile]]:
+    """Consecutive groups of files of roughly equal bytes, several per worker for balance."""
+    total = sum(f.size for f in files)
+    per_task = max(MIN_TASK_BYTES, total // max(1, workers * 4))
+    groups: list[list[SourceFile]] = [[]]
+    size = 0
+    for f in files:
+        if groups[-1] and size + f.size > per_task:
+            groups.append([])
+            size = 0
+        groups[-1].append(f)
+        size += f.size
+    return groups
+
+
+@dataclass
+class _Tally:
+    read: ReadTally
+    documents_read: int
+    filtered: Counter[str]
+    sentences_dropped_short: int
+    sentences_split_long: int
+    files_read: int
+    files_skipped: list[dict[str, str]]
+    bytes_read: int
+
+
+def _merge_map_results(results: list[_MapResult]) -> _Tally:
+    read = ReadTally()
+    filtered: Counter[str] = Counter()
+    for r in results:
+        read.merge(r.tally)
+        filtered.update(r.filtered)
+    return _Tally(
+        read=read,
+        documents_read=sum(r.documents_read for r in results),
+        filtered=filtered,
+        sentences_dropped_short=sum(r.sentences_dropped_short for r in results),
+        sentences_split_long=sum(r.sentences_split_long for r in results),
+        files_read=sum(r.files_read for r in results),
+        files_skipped=[s for r in results for s in r.files_skipped],
+        bytes_read=sum(r.bytes_read for r in results),
+    )
+
+
+def _check_bad_share(tally: _Tally, max_bad_fraction: float) -> None:
+    records, malformed = tally.read.records, tally.read.malformed
+    if records and malformed / records > max_bad_fraction:
+        examples = "; ".join(tally.read.malformed_examples[:5])
+        raise InputError(
+            f"{malformed} of {records} records are malformed ({malformed / records:.1%}, more than"
+            f" max_bad_fraction {max_bad_fraction:.1%}); for example: {examples}"
+        )
+
+
+def _stats(
+    plan: IngestPlan, tally: _Tally, reduced: list[_ReduceResult], seconds: float
+) -> dict[str, Any]:
+    by_split = {s: [r for r in reduced if r.split == s] for s in SPLITS}
+    return {
+        "documents": {s: sum(r.documents for r in by_split[s]) for s in SPLITS},
+        "sentences": {s: sum(r.sentences for r in by_split[s]) for s in SPLITS},
+        "characters": {s: sum(r.characters for r in by_split[s]) for s in SPLITS},
+        "documents_read": tally.documents_read,
+        "duplicates_removed": sum(r.duplicates for r in reduced),
+        "documents_filtered": dict(sorted(tally.filtered.items())),
+        "sentences_dropped_short": tally.sentences_dropped_short,
+        "sentences_split_long": tally.sentences_split_long,
+        "records": tally.read.records,
+        "malformed_records": tally.read.malformed,
+        "malformed_examples": tally.read.malformed_examples[:MAX_EXAMPLES],
+        "invalid_utf8_replaced": tally.read.replaced_chars,
+        "records_skipped": dict(sorted(tally.read.skipped.items())),
+        "files_read": tally.files_read,
+        "files_skipped": [{"file": s.name, "reason": s.reason} for s in plan.skipped]
+        + tally.files_skipped,
+        "input_bytes": tally.bytes_read,
+        "seconds": round(seconds, 3),
+        "warnings": _warnings(plan, by_split),
+    }
+
+
+def _warnings(plan: IngestPlan, by_split: dict[Split, list[_ReduceResult]]) -> list[str]:
+    warnings = []
+    if plan.config.validation_fraction > 0 and not any(r.documents for r in by_split["validation"]):
+        warnings.append(
+            f"the validation split is empty: too few documents for validation_fraction"
+            f" {plan.config.validation_fraction}"
+        )
+    return warnings
