@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint bench clean
 
+# Prefect's temporary server would try to send telemetry; these machines may have no network.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

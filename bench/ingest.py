@@ -74,9 +74,13 @@ source, store_dir, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 started = time.perf_counter()
 published = ingest(IngestConfig(sources=[source], workers=workers), ArtifactStore(store_dir))
 seconds = time.perf_counter() - started
+started = time.perf_counter()
+assert ingest(IngestConfig(sources=[source], workers=workers), ArtifactStore(store_dir)).cached
+cached_seconds = time.perf_counter() - started
 stats = published.manifest.stats
 print(json.dumps({
     "seconds": seconds,
+    "cached_seconds": cached_seconds,
     "documents": stats["documents_read"],
     "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "workers_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -119,12 +123,14 @@ def main() -> None:
         rows.append((f"bertflow ingest, {workers} worker(s)", r["seconds"], r["documents"], r))
 
     floor_1 = rows[0][1]
-    print("| run | seconds | MB/s | documents/s | x floor (1 proc) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, seconds, docs, _ in rows:
+    print("| run | seconds | MB/s | documents/s | x floor (1 proc) | cached rerun s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, seconds, docs, run in rows:
         docs_s = f"{docs / seconds:,.0f}" if docs else "—"
+        cached = f"{run['cached_seconds']:.2f}" if run else "—"
         print(
-            f"| {name} | {seconds:.1f} | {mb / seconds:.1f} | {docs_s} | {seconds / floor_1:.2f} |"
+            f"| {name} | {seconds:.1f} | {mb / seconds:.1f} | {docs_s} | {seconds / floor_1:.2f}"
+            f" | {cached} |"
         )
 
     big_files, big_bytes = build_corpus(big, args.big_mb)

@@ -7,6 +7,7 @@ counted in a `ReadTally` and skipped; problems with the whole file raise `InputE
 
 from __future__ import annotations
 
+import abc
 import bz2
 import collections
 import gzip
@@ -146,8 +147,9 @@ class _ChunkReader(io.RawIOBase):
         super().__init__()
         self._chunk = memoryview(b"")
 
+    @abc.abstractmethod
     def _next_chunk(self) -> bytes:
-        raise NotImplementedError
+        """The next piece of the stream, or b"" at its end."""
 
     def readable(self) -> bool:
         return True

@@ -182,3 +182,16 @@ def test_bad_limits_are_rejected_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=field):
         SentenceLimits(min_chars=min_chars, max_chars=max_chars)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "One. Two.", "Café au lait. Übermäßig! 我们去公园。天气很好！", "x" * 200_000 + ". End."],
+)
+def test_reused_buffer_segmenter_matches_blingfire_own_wrapper(text):
+    """The buffer-reusing call gives exactly what blingfire.text_to_sentences gives, at any size."""
+    import blingfire
+
+    from bertflow.pipeline.clean import _BLINGFIRE
+
+    assert _BLINGFIRE.sentences(text) == blingfire.text_to_sentences(text)
