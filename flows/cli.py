@@ -20,6 +20,7 @@ from bertflow.pipeline.ingest import IngestConfig
 from bertflow.pipeline.lineage import lineage, render, summarize
 from bertflow.pipeline.manifest import FORMAT_VERSIONS
 from bertflow.pipeline.store import DEFAULT_STORE, STORE_ENV, ArtifactStore, StoreError
+from bertflow.pipeline.tokenizer import TokenizerConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(ingest, IngestConfig, skip=("sources",))
     _add_json(ingest)
     ingest.set_defaults(handler=_ingest)
+
+    tokenizer = commands.add_parser(
+        "tokenizer", parents=[common], help="corpus -> WordPiece tokenizer artifact",
+        description="Train a BERT WordPiece vocabulary on a corpus (or import a vocab.txt).",
+    )  # fmt: skip
+    tokenizer.add_argument(
+        "--corpus", required=True, metavar="CORPUS_ID", help="corpus artifact id"
+    )
+    add_config_options(tokenizer, TokenizerConfig)
+    _add_json(tokenizer)
+    tokenizer.set_defaults(handler=_tokenizer)
 
     artifacts = commands.add_parser(
         "artifacts", parents=[common], help="list, show and verify artifacts"
@@ -133,6 +145,17 @@ def _ingest(args: argparse.Namespace) -> int:
         from bertflow.flows.ingest import ingest_flow  # imports prefect: only when a flow runs
 
         return ingest_flow(config=config, store_url=store.url)
+
+    return _run_stage(args, run)
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    config = config_from_args(TokenizerConfig, args)
+
+    def run(store: ArtifactStore) -> Any:
+        from bertflow.flows.tokenizer import tokenizer_flow
+
+        return tokenizer_flow(corpus_id=args.corpus, config=config, store_url=store.url)
 
     return _run_stage(args, run)
 

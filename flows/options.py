@@ -1,8 +1,9 @@
 """Command-line options generated from a stage's pydantic config, so the config is the CLI.
 
 Each field becomes `--field-name` with its description as help; `Literal` fields get choices,
-booleans get `--x/--no-x`. Options not given are left out, so the config's own defaults apply and
-the config's validation names the field of any bad value.
+booleans get `--x/--no-x` (or a named opposite, such as `--lowercase/--cased`). Options not
+given are left out, so the config's own defaults apply and the config's validation names the
+field of any bad value.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ def add_config_options(
         default = field.get_default(call_default_factory=True)
         help_text = f"{field.description or ''} (default: {default})".strip()
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
-        if kind is bool:
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if kind is bool and "cli_false_flag" in extra:  # e.g. --lowercase / --cased
+            pair = group.add_mutually_exclusive_group()
+            pair.add_argument(flag, action="store_true", **kwargs)
+            false_flag = f"--{extra['cli_false_flag']}"
+            pair.add_argument(
+                false_flag, action="store_false", dest=name, default=argparse.SUPPRESS,
+                help=f"the opposite of {flag}",
+            )  # fmt: skip
+        elif kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif kind is list:
             group.add_argument(flag, nargs="+", metavar=name.upper(), **kwargs)

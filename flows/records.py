@@ -81,12 +81,13 @@ def upstream_assets(
     return keys
 
 
-def record_artifact(store: ArtifactStore, published: Published, title: str) -> None:
-    """A keyed markdown summary and a keyed stats table for one artifact."""
+def record_artifact(
+    store: ArtifactStore, published: Published, title: str, details: str = ""
+) -> None:
+    """A keyed markdown summary (with stage-specific `details`) and a keyed stats table."""
     m = published.manifest
-    create_markdown_artifact(
-        key=m.id, markdown=summary_markdown(store, published, title), description=f"{title} {m.id}"
-    )
+    markdown = summary_markdown(store, published, title) + (f"\n\n{details}" if details else "")
+    create_markdown_artifact(key=m.id, markdown=markdown, description=f"{title} {m.id}")
     create_table_artifact(
         key=f"{m.id}-stats", table=stats_table(m.stats), description=f"{title} statistics"
     )

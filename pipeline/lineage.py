@@ -51,6 +51,12 @@ def summarize(manifest: Manifest) -> str:
             f"{docs.get('train', 0):,} train / {docs.get('validation', 0):,} validation documents,"
             f" {sum(sents.values()):,} sentences"
         )
+    if manifest.kind == "tokenizer":
+        case = "uncased" if manifest.config.get("lowercase") else "cased"
+        return (
+            f"{stats.get('vocab_size', 0):,} tokens ({case}), unk rate"
+            f" {stats.get('unk_rate', 0):.4%}, {stats.get('pieces_per_word', 0)} pieces/word"
+        )
     return ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int | float | str))
 
 

@@ -23,6 +23,7 @@ MANIFEST_NAME = "manifest.json"
 # Bump a kind's version whenever its files change meaning: old ids then stop matching.
 FORMAT_VERSIONS: dict[str, int] = {
     "corpus": 1,
+    "tokenizer": 1,
 }
 
 ID_HEX_CHARS = 20  # 80 bits: collisions are not a practical concern for one team's store
