@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
+ID = $(BIN)/python -c 'import json, sys; print(json.loads(sys.stdin.read().splitlines()[-1])["id"])'
+
+# The stages built so far, on the built-in corpus, then the lineage of what they made.
 demo: $(STAMP)
-	$(BIN)/bertflow ingest demo
+	@corpus=$$($(BIN)/bertflow ingest demo --json | $(ID)) && \
+	tokenizer=$$($(BIN)/bertflow tokenizer --corpus $$corpus --json | $(ID)) && \
+	echo && $(BIN)/bertflow lineage $$tokenizer && \
+	echo && echo "artifacts are in $${BERTFLOW_STORE:-~/.bertflow/store}; see: .venv/bin/bertflow artifacts show $$tokenizer"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -29,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/tokenizer.py
 
 clean:
 	rm -rf $(VENV)

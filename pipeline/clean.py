@@ -22,13 +22,15 @@ _INVISIBLE = "\ufeff\u200b\u00ad"
 def _translation_table() -> dict[int, str | None]:
     """Map every control character to nothing, line breaks to "\\n", other spaces to " "."""
     table: dict[int, str | None] = {}
-    # Every Cc and Zs code point lies in the BMP (tests check this against the whole range).
+    # Every Cc, Zs and Cs code point lies in the BMP (tests check this against the whole range).
     for code in range(0x10000):
         category = unicodedata.category(chr(code))
         if category == "Cc":
             table[code] = None
         elif category == "Zs":
             table[code] = " "
+        elif category == "Cs":  # a lone surrogate (JSON can escape one) is no text: mark it
+            table[code] = "\ufffd"
     table[ord("\t")] = " "
     table[ord(" ")] = " "
     table.pop(ord("\n"))

@@ -57,6 +57,14 @@ def test_normalize_handles_every_control_and_space_character_in_unicode() -> Non
         assert normalize_text(f"a{char}b") in ("ab", "a b", "a\nb"), hex(ord(char))
 
 
+def test_lone_surrogates_become_replacement_characters() -> None:
+    """JSON may escape a lone surrogate; it cannot be encoded, so it is marked like bad bytes."""
+    assert normalize_text("left \ud800 right \udfff.") == "left \ufffd right \ufffd."
+    assert all(
+        unicodedata.category(chr(c)) != "Cs" for c in range(0x10000, sys.maxunicode + 1)
+    )  # all surrogates lie in the BMP, the range the table covers
+
+
 def test_normalize_is_idempotent() -> None:
     text = "A\u00a0 b\r\n\r\n\r\nc\u200b d  \n e\u0301"
     assert normalize_text(normalize_text(text)) == normalize_text(text)

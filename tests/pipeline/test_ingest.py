@@ -148,6 +148,14 @@ def test_malformed_records_under_the_limit_are_skipped_and_located(tmp_path, sto
     assert m.stats["documents"]["train"] + m.stats["documents"]["validation"] == 199
 
 
+def test_lone_surrogates_in_json_are_replaced_not_fatal(tmp_path, store):
+    path = tmp_path / "escaped.jsonl"
+    path.write_text('{"text": "Bad \\ud800 escape here. Then more."}\n')
+    m = ingest(IngestConfig(sources=[str(path)], validation_fraction=0, workers=1), store).manifest
+    ((_, sentences),) = iter_documents(store, m, "train")
+    assert sentences[0] == "Bad \ufffd escape here."
+
+
 def assert_nothing_published(store: ArtifactStore) -> None:
     assert store.list() == []
     staging = Path(store.root) / STAGING_DIR
