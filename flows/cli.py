@@ -19,6 +19,7 @@ from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.ingest import IngestConfig
 from bertflow.pipeline.lineage import lineage, render, summarize
 from bertflow.pipeline.manifest import FORMAT_VERSIONS
+from bertflow.pipeline.shards import ShardConfig
 from bertflow.pipeline.store import DEFAULT_STORE, STORE_ENV, ArtifactStore, StoreError
 from bertflow.pipeline.tokenizer import TokenizerConfig
 
@@ -80,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(tokenizer, TokenizerConfig)
     _add_json(tokenizer)
     tokenizer.set_defaults(handler=_tokenizer)
+
+    shard = commands.add_parser(
+        "shard", parents=[common], help="corpus + tokenizer -> pretraining shards",
+        description="Make BERT pretraining examples in balanced Parquet shards.",
+    )  # fmt: skip
+    shard.add_argument("--corpus", required=True, metavar="CORPUS_ID", help="corpus artifact id")
+    shard.add_argument("--tokenizer", required=True, metavar="TOKENIZER_ID",
+                       help="tokenizer artifact id")  # fmt: skip
+    shard.add_argument("--dask-address", metavar="ADDRESS",
+                       help="run the work on this Dask scheduler (tcp://host:8786)")  # fmt: skip
+    shard.add_argument("--spill-dir", metavar="DIR",
+                       help="intermediate files; must be shared by all Dask workers")  # fmt: skip
+    add_config_options(shard, ShardConfig)
+    _add_json(shard)
+    shard.set_defaults(handler=_shard)
 
     artifacts = commands.add_parser(
         "artifacts", parents=[common], help="list, show and verify artifacts"
@@ -156,6 +172,20 @@ def _tokenizer(args: argparse.Namespace) -> int:
         from bertflow.flows.tokenizer import tokenizer_flow
 
         return tokenizer_flow(corpus_id=args.corpus, config=config, store_url=store.url)
+
+    return _run_stage(args, run)
+
+
+def _shard(args: argparse.Namespace) -> int:
+    config = config_from_args(ShardConfig, args)
+
+    def run(store: ArtifactStore) -> Any:
+        from bertflow.flows.shards import run_shard_flow
+
+        return run_shard_flow(
+            dask_address=args.dask_address, corpus_id=args.corpus, tokenizer_id=args.tokenizer,
+            config=config, store_url=store.url, spill_dir=args.spill_dir,
+        )  # fmt: skip
 
     return _run_stage(args, run)
 

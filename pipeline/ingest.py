@@ -14,14 +14,10 @@ of tasks or workers, so the output is byte-identical for any `workers`.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import io
 import math
-import multiprocessing
 import os
-import queue
-import resource
 import shutil
 import tempfile
 import time
@@ -41,6 +37,7 @@ from bertflow.pipeline.corpus import CORPUS_SCHEMA, SPLITS, Split, write_corpus_
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.formats import COMPRESSIONS, ReaderOptions, ReadTally, read_documents
 from bertflow.pipeline.manifest import InputFingerprint, artifact_id
+from bertflow.pipeline.parallel import run_tasks
 from bertflow.pipeline.progress import Progress, ProgressCallback
 from bertflow.pipeline.sources import SkippedFile, SourceFile, fingerprint, resolve_sources
 from bertflow.pipeline.store import ArtifactStore, Published
@@ -195,7 +192,7 @@ def build_corpus(
             for i, group in enumerate(_group_files(plan.files, config.workers))
         ]
         progress = Progress("ingest", sum(f.size for f in plan.files), len(plan.files), callbacks)
-        mapped: list[_MapResult] = _run_pool(_map_files, map_tasks, config.workers, progress)
+        mapped: list[_MapResult] = run_tasks(_map_files, map_tasks, config.workers, progress)
         progress.close()
         tally = _merge_map_results(mapped)
         _check_bad_share(tally, config.max_bad_fraction)
@@ -207,7 +204,7 @@ def build_corpus(
             for split in SPLITS
             for bucket in range(plan.buckets[split])
         ]
-        reduced: list[_ReduceResult] = _run_pool(_reduce_bucket, reduce_tasks, config.workers, None)
+        reduced: list[_ReduceResult] = run_tasks(_reduce_bucket, reduce_tasks, config.workers, None)
 
     stats = _stats(plan, tally, reduced, time.monotonic() - started)
     if stats["documents"]["train"] == 0:
@@ -470,69 +467,6 @@ def _reduce_bucket(task: _ReduceTask, report: Callable[[int, int, int], None]) -
         characters=int(pc.sum(pc.utf8_length(pc.list_flatten(sentences))).as_py() or 0),
         duplicates=table.num_rows - deduped.num_rows,
     )
-
-
-# -- running tasks --------------------------------------------------------------------------------
-
-_worker_queue: Any = None
-
-
-def _init_worker(progress_queue: Any) -> None:
-    global _worker_queue
-    _worker_queue = progress_queue
-    # one spill file per bucket stays open in each map task
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _queue_report(bytes_done: int, files_done: int, documents: int) -> None:
-    _worker_queue.put((bytes_done, files_done, documents))
-
-
-def _call_in_worker(fn: Callable[[Any, Any], Any], task: Any) -> Any:
-    return fn(task, _queue_report)
-
-
-def _run_pool(
-    fn: Callable[[Any, Any], Any], tasks: list[Any], workers: int, progress: Progress | None
-):
-    """Run fn(task, report) for every task, in order of tasks; in-process when workers == 1."""
-
-    def advance(bytes_done: int, files_done: int, documents: int) -> None:
-        if progress is not None:
-            progress.advance(bytes_done, files_done, documents)
-
-    if workers == 1 or len(tasks) <= 1:
-        return [fn(task, advance) for task in tasks]
-    context = multiprocessing.get_context("spawn")  # never fork a process that runs Prefect threads
-    progress_queue = context.Queue()
-    with cf.ProcessPoolExecutor(
-        min(workers, len(tasks)),
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(progress_queue,),
-    ) as pool:
-        futures = [pool.submit(_call_in_worker, fn, task) for task in tasks]
-        try:
-            pending = set(futures)
-            while pending:
-                done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_EXCEPTION)
-                _drain(progress_queue, advance)
-                for future in done:
-                    future.result()  # raises the first failure
-            _drain(progress_queue, advance)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        return [f.result() for f in futures]
-
-
-def _drain(progress_queue: Any, advance: Callable[[int, int, int], None]) -> None:
-    while True:
-        try:
-            advance(*progress_queue.get_nowait())
-        except queue.Empty:
-            return
 
 
 # -- planning and stats ---------------------------------------------------------------------------

@@ -57,6 +57,13 @@ def summarize(manifest: Manifest) -> str:
             f"{stats.get('vocab_size', 0):,} tokens ({case}), unk rate"
             f" {stats.get('unk_rate', 0):.4%}, {stats.get('pieces_per_word', 0)} pieces/word"
         )
+    if manifest.kind == "shards":
+        train, layout = stats.get("train", {}), manifest.layout
+        return (
+            f"{train.get('examples', 0):,} train examples of <= {layout.get('max_seq_len')} tokens"
+            f" in {len(layout.get('splits', {}).get('train', []))} shards,"
+            f" {layout.get('objective')}, {layout.get('masking')} masking"
+        )
     return ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int | float | str))
 
 

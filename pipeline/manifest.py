@@ -24,6 +24,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSIONS: dict[str, int] = {
     "corpus": 1,
     "tokenizer": 1,
+    "shards": 1,
 }
 
 ID_HEX_CHARS = 20  # 80 bits: collisions are not a practical concern for one team's store
