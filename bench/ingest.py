@@ -54,7 +54,16 @@ def _segment_file(path: Path) -> int:
 
 
 def floor(folder: Path, processes: int) -> float:
-    """Seconds to read every file and split it into sentences, nothing else."""
+    """Seconds to read every file and split it into sentences, nothing else, in a child process:
+    a child's ru_maxrss starts at its parent's, so the parent stays small."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--floor", str(folder), str(processes)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _floor_here(folder: Path, processes: int) -> float:
     files = sorted(folder.rglob("*.txt"))
     started = time.perf_counter()
     if processes == 1:
@@ -100,6 +109,9 @@ def run_ingest(folder: Path, store: Path, workers: int) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--floor"]:
+        print(_floor_here(Path(sys.argv[2]), int(sys.argv[3])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=100)
     parser.add_argument("--big-mb", type=float, default=400)

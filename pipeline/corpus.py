@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bertflow.pipeline.manifest import Manifest
@@ -51,15 +52,26 @@ def split_files(manifest: Manifest, split: Split) -> list[str]:
 
 
 def iter_documents(
-    store: ArtifactStore, manifest: Manifest, split: Split, batch_rows: int = 256
+    store: ArtifactStore,
+    manifest: Manifest,
+    split: Split,
+    batch_rows: int = 256,
+    hash_below: str | None = None,
 ) -> Iterator[tuple[str, list[str]]]:
-    """Yield (doc_id, sentences) of one split, one row group at a time (bounded memory)."""
+    """Yield (doc_id, sentences) of one split, one row group at a time (bounded memory).
+
+    `hash_below` (hex digits) keeps only documents whose doc_id digits 16 onwards sort below it:
+    a fixed, even sample, filtered in Arrow before any row becomes Python objects.
+    """
     for relpath in split_files(manifest, split):
         with store.open(manifest.id, relpath) as f:
             parquet = pq.ParquetFile(f)
             for batch in parquet.iter_batches(
                 batch_size=batch_rows, columns=["doc_id", "sentences"]
             ):
+                if hash_below is not None:
+                    digits = pc.utf8_slice_codeunits(batch.column(0), 16, 16 + len(hash_below))
+                    batch = batch.filter(pc.less(digits, hash_below))
                 yield from zip(
                     batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
                 )

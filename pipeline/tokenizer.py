@@ -38,7 +38,7 @@ from bertflow.pipeline.store import ArtifactStore, Published
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # trained vocabularies put them first: [PAD] = 0
 MODEL_MAX_LENGTH = 512
-CHAR_COUNT_BATCH = 8 << 20  # characters per numpy count
+CHAR_COUNT_BATCH = 1 << 20  # characters per numpy count: its buffers are 12x this in bytes
 VALIDATION_SENTENCES = 20_000  # enough for stable rates, cheap on any corpus
 EXAMPLE_SENTENCES = 5
 
@@ -275,11 +275,11 @@ class _Sample:
         self.n_bytes = self.n_documents = 0
 
     def documents(self, store: ArtifactStore) -> Iterator[list[str]]:
-        for doc_id, sentences in iter_documents(store, self.corpus, "train"):
-            # doc_id is a hash, so its last 16 hex digits choose documents evenly and for good
-            # (the split already used the first 16: those would leave a skewed range).
-            if self.fraction >= 1.0 or int(doc_id[16:32], 16) < self.threshold:
-                yield sentences
+        # doc_id is a hash, so its last 16 hex digits choose documents evenly and for good
+        # (the split already used the first 16: those would leave a skewed range).
+        below = None if self.fraction >= 1.0 else f"{min(self.threshold, 2**64 - 1):016x}"
+        for _, sentences in iter_documents(store, self.corpus, "train", hash_below=below):
+            yield sentences
 
     def sentences(self, store: ArtifactStore) -> Iterator[str]:
         self.n_documents = self.n_bytes = 0
