@@ -24,8 +24,9 @@ ID = $(BIN)/python -c 'import json, sys; print(json.loads(sys.stdin.read().split
 demo: $(STAMP)
 	@corpus=$$($(BIN)/bertflow ingest demo --json | $(ID)) && \
 	tokenizer=$$($(BIN)/bertflow tokenizer --corpus $$corpus --json | $(ID)) && \
-	echo && $(BIN)/bertflow lineage $$tokenizer && \
-	echo && echo "artifacts are in $${BERTFLOW_STORE:-~/.bertflow/store}; see: .venv/bin/bertflow artifacts show $$tokenizer"
+	shards=$$($(BIN)/bertflow shard --corpus $$corpus --tokenizer $$tokenizer --json | $(ID)) && \
+	echo && $(BIN)/bertflow lineage $$shards && \
+	echo && echo "artifacts are in $${BERTFLOW_STORE:-~/.bertflow/store}; see: .venv/bin/bertflow artifacts show $$shards"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -36,6 +37,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/tokenizer.py
+	$(BIN)/python bench/shard.py
+	$(BIN)/python bench/loader.py
 
 clean:
 	rm -rf $(VENV)

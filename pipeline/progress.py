@@ -26,7 +26,10 @@ class ProgressState:
 
     @property
     def fraction(self) -> float:
-        return min(1.0, self.bytes_done / self.bytes_total) if self.bytes_total else 0.0
+        """Done share by bytes, or by files (tasks) for stages that do not count bytes."""
+        if self.bytes_total:
+            return min(1.0, self.bytes_done / self.bytes_total)
+        return min(1.0, self.files_done / self.files_total) if self.files_total else 0.0
 
     @property
     def mb_per_s(self) -> float:

@@ -214,14 +214,16 @@ def build_shards(
                 _map_slices(store, plan.corpus, split)
             )
         ]
-        progress = Progress("shard", 0, len(map_tasks), callbacks)
+        def run(stage: str, fn: Callable[[Any, Report], Any], tasks: list[Any]) -> list[Any]:
+            if runner is not None:
+                return runner(fn, tasks)
+            progress = Progress(stage, 0, len(tasks), callbacks)
+            try:
+                return run_tasks(fn, tasks, config.workers, progress)
+            finally:
+                progress.close()
 
-        def pool(fn: Callable[[Any, Report], Any], tasks: list[Any]) -> list[Any]:
-            return run_tasks(fn, tasks, config.workers, progress)
-
-        run = runner or pool
-        mapped: list[_MapResult] = run(_map_file, map_tasks)
-        progress.close()
+        mapped: list[_MapResult] = run("shard: examples", _map_file, map_tasks)
         write_tasks = []
         for split in SPLITS:
             results = [r for r in mapped if r.split == split]
@@ -235,7 +237,7 @@ def build_shards(
                         split, shard, spill, str(out_dir), counts, plan_moves, config, vocab[1]
                     )
                 )
-        written: list[_WriteResult] = run(_write_shard, write_tasks)
+        written: list[_WriteResult] = run("shard: write", _write_shard, write_tasks)
     if not any(w.rows for w in written if w.split == "train"):
         raise InputError(
             f"{plan.corpus.id}: no training examples (documents too short to pair? try a smaller"
