@@ -4,7 +4,8 @@ and dynamic masking (in the loader).
 Of an example's non-special positions, `round(n * mlm_prob)` (at least 1, at most
 `max_predictions`) are chosen; a chosen token becomes [MASK] 80% of the time, a random
 non-special token 10%, and stays as it is 10%. With whole-word masking, the pieces of a word
-(`##` continuations) are chosen together: words are taken in random order while they fit.
+(`##` continuations) are chosen together: words are taken in random order, skipping any word
+that would overshoot the count.
 
 Every random number is a hash of (seed, example index, position), so an example is masked the
 same way whichever batch, worker or process it lands in.
@@ -62,15 +63,31 @@ def choose_positions(
         chosen_sorted = np.arange(length)[None, :] < n_mask[:, None]
     else:
         sorted_keys = np.take_along_axis(keys, order, axis=1)
-        count = np.cumsum(sorted_candidate, axis=1)
-        last_of_word = np.ones_like(sorted_candidate)
-        last_of_word[:, :-1] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
-        word_end_count = np.where(last_of_word, count, np.iinfo(np.int64).max)
-        word_end_count = np.minimum.accumulate(word_end_count[:, ::-1], axis=1)[:, ::-1]
-        chosen_sorted = word_end_count <= n_mask[:, None]  # whole words while they fit
+        chosen_sorted = _whole_words(sorted_keys, sorted_candidate, n_mask)
     chosen_sorted &= sorted_candidate
     chosen = np.zeros((batch, length), dtype=bool)
     np.put_along_axis(chosen, order, chosen_sorted, axis=1)
+    return chosen
+
+
+def _whole_words(sorted_keys: np.ndarray, candidate: np.ndarray, n_mask: np.ndarray) -> np.ndarray:
+    """Walk each row's words in key order (a word's pieces share a key and sit together), taking
+    a word when it fits the row's budget and skipping it when it does not, as Google's recipe
+    does. Sequential by nature, but a row stops as soon as its budget is spent."""
+    chosen = np.zeros_like(candidate)
+    for row in range(len(sorted_keys)):
+        budget = int(n_mask[row])
+        keys = sorted_keys[row]
+        n = int(candidate[row].sum())  # candidates sort first
+        start = 0
+        while start < n and budget > 0:
+            end = start + 1
+            while end < n and keys[end] == keys[start]:
+                end += 1
+            if end - start <= budget:
+                chosen[row, start:end] = True
+                budget -= end - start
+            start = end
     return chosen
 
 
@@ -86,7 +103,7 @@ def apply_mask(
     replacement = random_ids[(pick * len(random_ids)).astype(np.int64)]
     masked = np.where(chosen & (action < 0.8), rule.mask_id, ids)
     masked = np.where(chosen & (action >= 0.8) & (action < 0.9), replacement, masked)
-    labels = np.where(chosen, ids, IGNORE_INDEX)
+    labels = np.where(chosen, ids.astype(np.int64), IGNORE_INDEX)  # uint16 ids cannot hold -100
     return masked.astype(ids.dtype, copy=False), labels
 
 

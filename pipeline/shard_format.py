@@ -12,7 +12,6 @@ the loader knows special tokens and `##` pieces without looking upstream. Its ma
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow as pa
 
 from bertflow.pipeline.manifest import Manifest
 from bertflow.pipeline.masking import MaskingRule
+from bertflow.pipeline.store import StoreError
 
 VOCAB_FILE = "vocab.txt"
 UINT16_VOCAB = 1 << 16
@@ -47,10 +47,6 @@ def shard_schema(vocab_size: int, static_masking: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def read_vocab_tokens(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
-
-
 def vocab_flags(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(special, continuation) bool arrays over the vocabulary: bracketed tokens such as [CLS]
     or [unused3] are special; `##` pieces continue a word."""
@@ -75,5 +71,5 @@ def masking_rule(layout: dict[str, Any], tokens: list[str], **overrides: Any) ->
 
 def split_entries(manifest: Manifest, split: str) -> list[dict[str, Any]]:
     if manifest.kind != "shards":
-        raise ValueError(f"{manifest.id} is a {manifest.kind} artifact, not shards")
+        raise StoreError(f"{manifest.id} is a {manifest.kind} artifact, not shards")
     return manifest.layout["splits"][split]

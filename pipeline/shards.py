@@ -214,6 +214,7 @@ def build_shards(
                 _map_slices(store, plan.corpus, split)
             )
         ]
+
         def run(stage: str, fn: Callable[[Any, Report], Any], tasks: list[Any]) -> list[Any]:
             if runner is not None:
                 return runner(fn, tasks)
