@@ -69,7 +69,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bertflow.pipeline.masking import IGNORE_INDEX, MaskingRule, mask_batch
 from bertflow.pipeline.seeds import derive_seed
-from bertflow.pipeline.shard_format import VOCAB_FILE, masking_rule, split_entries
+from bertflow.pipeline.shard_format import VOCAB_FILE, length_bin, masking_rule, split_entries
 from bertflow.pipeline.store import ArtifactStore
 
 Split = Literal["train", "validation"]
@@ -106,6 +106,9 @@ class LoaderConfig:
     """Batch length L is the longest example rounded up to this (tensor cores like 8)."""
     epochs: int | None = 1
     """Epochs per iteration; None: endless (epoch counts up), for training by max_steps."""
+    length_bins: int | None = None
+    """Group each shuffle block into this many length bins before cutting batches, so batches
+    pad little (LDDL-style binning); None: the artifact's `length_bins`; 1: no binning."""
 
     def __post_init__(self) -> None:
         static, overrides = self.masking == "static", (self.mlm_prob, self.whole_word)
@@ -114,6 +117,7 @@ class LoaderConfig:
             (self.shuffle_buffer >= 1, "shuffle_buffer", "must be at least 1"),
             (self.pad_to_multiple >= 1, "pad_to_multiple", "must be at least 1"),
             (self.epochs is None or self.epochs >= 1, "epochs", "must be at least 1 or None"),
+            (self.length_bins is None or self.length_bins >= 1, "length_bins", "must be >= 1"),
             (self.masking in (None, "dynamic", "static"), "masking", "must be dynamic/static"),
             (self.mlm_prob is None or 0 < self.mlm_prob < 1, "mlm_prob", "must be in (0, 1)"),
             (not static or overrides == (None, None), "masking", "static takes no mlm_prob or "
@@ -393,6 +397,7 @@ class ShardDataset(IterableDataset):
         self.shuffle = split == "train" if self.config.shuffle is None else self.config.shuffle
         self.masking = self._masking()
         self.rule = self._masking_rule()
+        self.length_bins = self.config.length_bins or int(self.layout.get("length_bins", 1))
         self.position = Position(epoch)
         self._check_batch_size()
 
@@ -566,18 +571,31 @@ class ShardDataset(IterableDataset):
         for lo in range(first * batch // size * size, total, size):
             pieces = stream_pieces(segments, lo, min(lo + size, total))
             rows = Rows.concat([self._read_rows(reader, p) for p in pieces])
-            order = self._block_order(len(rows.index), epoch, worker, lo // size)
+            order = self._block_order(rows.tokens.lengths, epoch, worker, lo // size)
             for b in range(max(first * batch - lo, 0), len(order), batch):
                 yield self.collate(rows, order[b : b + batch], seed)
 
     def _read_rows(self, reader: ShardReader, piece: Segment) -> Rows:
         return Rows.from_table(reader.read(piece), int(self.offsets[piece.shard]) + piece.start)
 
-    def _block_order(self, size: int, epoch: int, worker: int, block: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(size)
+    def _block_order(self, lengths: np.ndarray, epoch: int, worker: int, block: int) -> np.ndarray:
+        """The order a block's examples are batched in. With length bins, the (shuffled) block is
+        grouped by bin, cut into batches and the full batches shuffled: each batch holds examples
+        of similar length, and a block still makes ceil(size / batch_size) batches (resuming
+        relies on that)."""
+        size = len(lengths)
         key = derive_seed(self.config.seed, "buffer", epoch, self.rank, worker, block)
-        return np.random.default_rng(key).permutation(size)
+        rng = np.random.default_rng(key)
+        order = rng.permutation(size) if self.shuffle else np.arange(size)
+        if self.length_bins > 1:
+            bins = length_bin(lengths[order], self.length_bins, self.layout["max_seq_len"])
+            order = order[np.argsort(bins, kind="stable")]
+            batch = self.config.batch_size
+            full = size // batch * batch
+            if self.shuffle and full:
+                batches = order[:full].reshape(-1, batch)[rng.permutation(full // batch)]
+                order = np.concatenate([batches.reshape(-1), order[full:]])
+        return order
 
     def _mask_seed(self, epoch: int) -> int:
         if self.config.fixed_masking_seed is not None:

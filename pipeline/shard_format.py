@@ -7,7 +7,7 @@ the loader knows special tokens and `##` pieces without looking upstream. Its ma
     {"splits": {"train": [{"path", "rows", "tokens"}, ...], "validation": [...]},
      "token_type": "uint16" | "int32", "vocab_size", "special_ids": {"pad", "unk", "cls", "sep",
      "mask"}, "max_seq_len", "objective", "masking", "mlm_prob", "max_predictions",
-     "whole_word", "seed"}
+     "whole_word", "seed", "length_bins"}
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ def masking_rule(layout: dict[str, Any], tokens: list[str], **overrides: Any) ->
     return MaskingRule(
         mask_id=layout["special_ids"]["mask"], special=special, continuation=continuation, **fields
     )
+
+
+def length_bin(lengths: np.ndarray, bins: int, max_seq_len: int) -> np.ndarray:
+    """Equal-width length bins over 1..max_seq_len tokens, 0 the shortest."""
+    return np.minimum(bins - 1, (lengths.astype(np.int64) - 1) * bins // max_seq_len)
 
 
 def split_entries(manifest: Manifest, split: str) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from bertflow.pipeline.seeds import derive_seed, python_rng
 from bertflow.pipeline.shard_format import (
     SPECIAL_NAMES,
     VOCAB_FILE,
+    length_bin,
     masking_rule,
     shard_schema,
     token_type,
@@ -91,6 +92,11 @@ class ShardConfig(BaseModel):
     batch_size: int = Field(
         32, ge=1, description="Batch size the padding statistic assumes (not stored in shards)."
     )
+    length_bins: int = Field(
+        1, ge=1, le=64,
+        description="LDDL-style length bins the loader batches within, so batches pad little "
+        "(1: none). Recorded for the loader, which groups each shuffle block by bin.",
+    )  # fmt: skip
     seed: int = Field(12345, description="Base seed of every random choice.")
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1,
@@ -577,7 +583,8 @@ def _write_shard(task: _WriteTask, report: Report) -> _WriteResult:
     report(0, 1, 0)
     return _WriteResult(
         task.split, task.shard, str(path), table.num_rows, int(lengths.sum()),
-        padding_share(lengths, task.config.batch_size),
+        padding_share(lengths, task.config.batch_size, task.config.length_bins,
+                      task.config.max_seq_len),
     )  # fmt: skip
 
 
@@ -586,11 +593,15 @@ def _read_piece(folder: Path, shard: int, file: int) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-def padding_share(lengths: np.ndarray, batch_size: int, multiple: int = 8) -> float:
-    """Share of padding in consecutive batches padded to their longest example (rounded up to
-    `multiple`), as the loader pads them."""
+def padding_share(
+    lengths: np.ndarray, batch_size: int, bins: int = 1, max_seq_len: int = 512, multiple: int = 8
+) -> float:
+    """Share of padding in batches padded to their longest example (rounded up to `multiple`),
+    as the loader pads them: consecutive examples, grouped by length bin first when binning."""
     if not len(lengths):
         return 0.0
+    if bins > 1:
+        lengths = lengths[np.argsort(length_bin(lengths, bins, max_seq_len), kind="stable")]
     padded = 0
     for start in range(0, len(lengths), batch_size):
         batch = lengths[start : start + batch_size]
@@ -670,4 +681,5 @@ def _layout(plan: ShardPlan, written: list[_WriteResult], vocab: tuple[list[str]
         "max_predictions": config.max_predictions,
         "whole_word": config.whole_word,
         "seed": config.seed,
+        "length_bins": config.length_bins,
     }

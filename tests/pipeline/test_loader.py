@@ -455,3 +455,23 @@ def test_reads_shards_from_an_s3_store_in_worker_processes(s3_env, nsp, module_s
     assert len(got) == len(want) == 10
     for g, w in zip(got, want, strict=True):
         assert all(torch.equal(g[k], w[k]) for k in KEYS)
+
+
+def padding(batches: list[dict[str, torch.Tensor]]) -> float:
+    mask = torch.cat([b["attention_mask"].flatten() for b in batches])
+    return 1.0 - float(mask.float().mean())
+
+
+def test_length_bins_cut_padding_and_keep_every_example_once_and_resume_exact(nsp):
+    options = {"batch_size": 8, "shuffle_buffer": 64}
+    plain = collect(dataset(nsp, **options), 2)
+    binned = collect(dataset(nsp, length_bins=8, **options), 2)
+    assert sorted(by_example(binned)) == sorted(by_example(plain))
+    assert len(binned) == len(plain) and padding(binned) < padding(plain)
+    full = list(make_dataloader(dataset(nsp, length_bins=8, **options), 2))
+    loader = make_dataloader(dataset(nsp, length_bins=8, **options), 2)
+    head = list(itertools.islice(loader, 5))
+    resumed = dataset(nsp, length_bins=8, **options)
+    resumed.load_state_dict(loader.state_dict())
+    for got, want in zip(head + list(make_dataloader(resumed, 2)), full, strict=True):
+        assert all(torch.equal(got[k], want[k]) for k in KEYS)

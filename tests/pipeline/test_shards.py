@@ -10,7 +10,7 @@ import pytest
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.ingest import IngestConfig, ingest
 from bertflow.pipeline.shard_format import shard_schema
-from bertflow.pipeline.shards import ShardConfig, balance, make_shards
+from bertflow.pipeline.shards import ShardConfig, balance, make_shards, padding_share
 from bertflow.pipeline.store import ArtifactNotFound, ArtifactStore, StoreError
 from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
 
@@ -169,3 +169,13 @@ def test_a_tokenizer_without_bert_special_tokens_is_refused(upstream, tmp_path):
 def test_config_rejects_out_of_range_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ShardConfig(**{field: value})
+
+
+def test_length_bins_lower_the_padding_share_and_reach_the_loader(upstream):
+    lengths = np.random.default_rng(0).integers(8, 129, size=4096)
+    assert padding_share(lengths, 32, bins=8, max_seq_len=128) < padding_share(lengths, 32) / 3
+    store, corpus_id, tokenizer_id = upstream
+    binned = make_shards(
+        store, corpus_id, tokenizer_id, SMALL.model_copy(update={"length_bins": 4})
+    ).manifest
+    assert binned.layout["length_bins"] == 4
