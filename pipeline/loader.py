@@ -56,6 +56,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -736,13 +737,25 @@ class ShardLoader(DataLoader):
 
 
 def make_dataloader(
-    dataset: ShardDataset, num_workers: int = 0, *, pin_memory: bool = False
+    dataset: ShardDataset,
+    num_workers: int = 0,
+    *,
+    pin_memory: bool = False,
+    multiprocessing_context: str | None = None,
 ) -> ShardLoader:
-    """A loader of the dataset's ready-made batches (`batch_size=None`: nothing to collate)."""
+    """A loader of the dataset's ready-made batches (`batch_size=None`: nothing to collate).
+
+    Workers are forked (fast) from a single-threaded process and spawned when other threads run:
+    a fork copies threads half-way (seen: workers forked from a process running a Prefect server
+    died at start-up). `multiprocessing_context` overrides the choice.
+    """
+    if multiprocessing_context is None and num_workers and threading.active_count() > 1:
+        multiprocessing_context = "spawn"
     return ShardLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,
+        multiprocessing_context=multiprocessing_context if num_workers else None,
     )
