@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bertflow.flows.options import add_config_options, config_from_args, describe_validation_error
 from bertflow.pipeline.errors import InputError
@@ -55,35 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ingest = commands.add_parser(
-        "ingest",
-        parents=[common],
-        help="raw text -> corpus artifact",
+    ingest = _stage_parser(
+        commands, common, "ingest", IngestConfig, _ingest, help="raw text -> corpus artifact",
         description="Clean, sentence-split and deduplicate raw text into a corpus artifact.",
-    )
+        skip=("sources",),
+    )  # fmt: skip
     ingest.add_argument(
-        "sources",
-        nargs="+",
-        metavar="SOURCE",
+        "sources", nargs="+", metavar="SOURCE",
         help="files, folders, globs, fsspec URLs (s3://...), or 'demo'/'demo-small'",
-    )
-    add_config_options(ingest, IngestConfig, skip=("sources",))
-    _add_json(ingest)
-    ingest.set_defaults(handler=_ingest)
+    )  # fmt: skip
 
-    tokenizer = commands.add_parser(
-        "tokenizer", parents=[common], help="corpus -> WordPiece tokenizer artifact",
+    tokenizer = _stage_parser(
+        commands, common, "tokenizer", TokenizerConfig, _tokenizer,
+        help="corpus -> WordPiece tokenizer artifact",
         description="Train a BERT WordPiece vocabulary on a corpus (or import a vocab.txt).",
     )  # fmt: skip
     tokenizer.add_argument(
         "--corpus", required=True, metavar="CORPUS_ID", help="corpus artifact id"
     )
-    add_config_options(tokenizer, TokenizerConfig)
-    _add_json(tokenizer)
-    tokenizer.set_defaults(handler=_tokenizer)
 
-    shard = commands.add_parser(
-        "shard", parents=[common], help="corpus + tokenizer -> pretraining shards",
+    shard = _stage_parser(
+        commands, common, "shard", ShardConfig, _shard,
+        help="corpus + tokenizer -> pretraining shards",
         description="Make BERT pretraining examples in balanced Parquet shards.",
     )  # fmt: skip
     shard.add_argument("--corpus", required=True, metavar="CORPUS_ID", help="corpus artifact id")
@@ -93,9 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the work on this Dask scheduler (tcp://host:8786)")  # fmt: skip
     shard.add_argument("--spill-dir", metavar="DIR",
                        help="intermediate files; must be shared by all Dask workers")  # fmt: skip
-    add_config_options(shard, ShardConfig)
-    _add_json(shard)
-    shard.set_defaults(handler=_shard)
 
     artifacts = commands.add_parser(
         "artifacts", parents=[common], help="list, show and verify artifacts"
@@ -125,6 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     lineage_cmd.add_argument("id")
     _add_json(lineage_cmd)
     lineage_cmd.set_defaults(handler=_lineage)
+    return parser
+
+
+def _stage_parser(
+    commands: Any,
+    common: argparse.ArgumentParser,
+    name: str,
+    config: type[BaseModel],
+    handler: Callable[[argparse.Namespace], int],
+    help: str,
+    description: str,
+    skip: tuple[str, ...] = (),
+) -> argparse.ArgumentParser:
+    """A stage subcommand: its config's fields as options, --json, and its handler."""
+    parser = commands.add_parser(name, parents=[common], help=help, description=description)
+    add_config_options(parser, config, skip=skip)
+    _add_json(parser)
+    parser.set_defaults(handler=handler)
     return parser
 
 

@@ -14,7 +14,7 @@ import re
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -118,12 +118,17 @@ def kind_of(artifact_id: str) -> str:
     return kind
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+def sha256_stream(f: IO[bytes], chunk_bytes: int = 1 << 20) -> str:
+    """sha256 of an open binary file (local or fsspec), read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
+    while chunk := f.read(chunk_bytes):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f, chunk_bytes)
 
 
 def utc_now() -> str:

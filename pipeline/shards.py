@@ -18,6 +18,7 @@ the inputs, the config and the seed: never on the number of workers or how the w
 from __future__ import annotations
 
 import array
+import functools
 import math
 import os
 import tempfile
@@ -37,7 +38,7 @@ from bertflow.pipeline.corpus import SPLITS, Split, split_files
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.examples import Example, document_examples
 from bertflow.pipeline.manifest import Manifest, artifact_id
-from bertflow.pipeline.masking import mask_batch
+from bertflow.pipeline.masking import MaskingRule, mask_batch
 from bertflow.pipeline.parallel import Report, run_tasks
 from bertflow.pipeline.progress import Progress, ProgressCallback
 from bertflow.pipeline.seeds import derive_seed, python_rng
@@ -45,9 +46,9 @@ from bertflow.pipeline.shard_format import (
     SPECIAL_NAMES,
     VOCAB_FILE,
     length_bin,
-    masking_rule,
     shard_schema,
     token_type,
+    vocab_flags,
 )
 from bertflow.pipeline.store import ArtifactStore, Published, StoreError
 
@@ -321,8 +322,7 @@ class _MapResult:
 def _map_file(task: _MapTask, report: Report) -> _MapResult:
     config = task.config
     store = ArtifactStore(task.store_url)
-    with store.open(task.tokenizer_id, "tokenizer.json", "rb") as f:
-        tokenizer = Tokenizer.from_str(f.read().decode("utf-8"))
+    tokenizer = _load_tokenizer(task.store_url, task.tokenizer_id)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     docs = _tokenized_documents(store, task, tokenizer)
     n_shards = config.shards_of(task.split)
@@ -352,6 +352,13 @@ def _map_file(task: _MapTask, report: Report) -> _MapResult:
     writer.close()
     report(0, 1, len(docs))
     return result
+
+
+@functools.lru_cache(maxsize=2)
+def _load_tokenizer(store_url: str, tokenizer_id: str) -> Tokenizer:
+    """The tokenizer, loaded once per process rather than once per map task."""
+    with ArtifactStore(store_url).open(tokenizer_id, "tokenizer.json", "rb") as f:
+        return Tokenizer.from_str(f.read().decode("utf-8"))
 
 
 def _tokenized_documents(store: ArtifactStore, task: _MapTask, tokenizer: Tokenizer):
@@ -388,11 +395,14 @@ class _PieceWriter:
         self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         self.position = 0  # examples written so far, across passes
         if config.masking == "static":
-            tokens = [tokenizer.id_to_token(i) for i in range(self.vocab_size)]
-            layout = {"mlm_prob": config.mlm_prob, "max_predictions": config.max_predictions,
-                      "whole_word": config.whole_word,
-                      "special_ids": {"mask": tokenizer.token_to_id("[MASK]")}}  # fmt: skip
-            self.rule = masking_rule(layout, tokens)
+            special, continuation = vocab_flags(
+                [tokenizer.id_to_token(i) for i in range(self.vocab_size)]
+            )
+            self.rule = MaskingRule(
+                mask_id=tokenizer.token_to_id("[MASK]"), special=special,
+                continuation=continuation, mlm_prob=config.mlm_prob,
+                max_predictions=int(config.max_predictions or 1), whole_word=config.whole_word,
+            )  # fmt: skip
 
     def add(self, examples: list[Example], dupe: int, offset: int, result: _MapResult) -> None:
         if not examples:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from bertflow.pipeline.manifest import (
     git_commit,
     kind_of,
     sha256_file,
+    sha256_stream,
     utc_now,
 )
 
@@ -150,11 +150,9 @@ class ArtifactStore:
             if size != entry.size:
                 problems.append(f"{entry.path}: size {size} bytes, manifest says {entry.size}")
                 continue
-            digest = hashlib.sha256()
             with self.fs.open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            if digest.hexdigest() != entry.sha256:
+                digest = sha256_stream(f)
+            if digest != entry.sha256:
                 problems.append(f"{entry.path}: content changed (sha256 differs)")
         return problems
 

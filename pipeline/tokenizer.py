@@ -10,6 +10,7 @@ id = line number) and the files `transformers.BertTokenizerFast.from_pretrained`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -296,22 +297,19 @@ class _Sample:
         }
 
 
-class _rayon_threads:  # noqa: N801 - a context manager used like a function
+@contextlib.contextmanager
+def _rayon_threads(threads: int | None) -> Iterator[None]:
     """Set RAYON_NUM_THREADS for the duration (tokenizers reads it when its pool starts)."""
-
-    def __init__(self, threads: int | None):
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        self.saved = os.environ.get("RAYON_NUM_THREADS")
-        if self.threads:
-            os.environ["RAYON_NUM_THREADS"] = str(self.threads)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is None:
+    saved = os.environ.get("RAYON_NUM_THREADS")
+    if threads:
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if saved is None:
             os.environ.pop("RAYON_NUM_THREADS", None)
         else:
-            os.environ["RAYON_NUM_THREADS"] = self.saved
+            os.environ["RAYON_NUM_THREADS"] = saved
 
 
 # -- importing a vocabulary -----------------------------------------------------------------------
