@@ -742,6 +742,7 @@ def make_dataloader(
     *,
     pin_memory: bool = False,
     multiprocessing_context: str | None = None,
+    loader_class: type[ShardLoader] = ShardLoader,
 ) -> ShardLoader:
     """A loader of the dataset's ready-made batches (`batch_size=None`: nothing to collate).
 
@@ -751,7 +752,7 @@ def make_dataloader(
     """
     if multiprocessing_context is None and num_workers and threading.active_count() > 1:
         multiprocessing_context = "spawn"
-    return ShardLoader(
+    return loader_class(
         dataset,
         batch_size=None,
         num_workers=num_workers,

@@ -25,6 +25,8 @@ FORMAT_VERSIONS: dict[str, int] = {
     "corpus": 1,
     "tokenizer": 1,
     "shards": 1,
+    "model": 1,
+    "evaluation": 1,
 }
 
 ID_HEX_CHARS = 20  # 80 bits: collisions are not a practical concern for one team's store

@@ -1,0 +1,293 @@
+"""The Lightning module for BERT pretraining: losses, metrics, optimizer groups and schedules.
+
+The model (`bert.py`) computes logits; everything about training lives here: MLM and NSP losses
+and accuracies, AdamW with no decay on biases and LayerNorm, the learning-rate schedule, the
+throughput and MFU bookkeeping, validation sums reduced over ranks, and the generator state that
+makes a resumed run continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+
+from bertflow.model.bert import BertConfig, BertForPreTraining, training_flops
+
+Schedule = Literal["linear", "one-cycle"]
+
+# Dense bf16 tensor-core peak per GPU, FLOP/s, from the vendors' data sheets (the "with sparsity"
+# figures are twice these). Matched against torch.cuda.get_device_name(), first match wins.
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM / HBM3
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+)
+PEAK_ENV = "BERTFLOW_PEAK_TFLOPS"
+# Sums kept over a logging window (on the device: no host sync per step), reduced over ranks.
+WINDOW = (
+    "loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "examples",
+    "batches", "tokens",
+)  # fmt: skip
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak (`BERTFLOW_PEAK_TFLOPS` overrides); None on CPU or unknown."""
+    if os.environ.get(PEAK_ENV):
+        return float(os.environ[PEAK_ENV]) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    schedule: Schedule = "linear"
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+
+
+def lr_factor(step: int, optim: OptimConfig) -> float:
+    """Multiplier of the peak learning rate at `step`.
+
+    linear: 0 -> 1 over the warm-up, then linearly down to 0 at max_steps (BERT's schedule).
+    one-cycle: the same warm-up, then a cosine from 1 down to 0 at max_steps (the annealing half
+    of the one-cycle policy; warm-up defaults to its 30% when none is given).
+    """
+    warmup = optim.warmup_steps
+    if optim.schedule == "one-cycle" and warmup == 0:
+        warmup = max(1, round(0.3 * optim.max_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    remaining = max(1, optim.max_steps - warmup)
+    progress = min(1.0, (step - warmup) / remaining)
+    if optim.schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay on matrices; none on biases, LayerNorm weights (BERT's rule: 1-d tensors)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class PretrainingModule(L.LightningModule):
+    """BERT pretraining: loss = MLM cross-entropy (+ NSP cross-entropy when the shards have it)."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        nsp: bool = True,
+        compile: bool = False,
+        log_every: int = 10,
+    ):
+        super().__init__()
+        self.save_hyperparameters()  # plain dicts, so a checkpoint loads without our classes
+        self.model_config = BertConfig(**model)
+        self.optim = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.999)))})
+        self.nsp, self.log_every = nsp, log_every
+        self.model = BertForPreTraining(self.model_config)
+        self.forward_model = torch.compile(self.model) if compile else self.model
+        self._reset_window()
+        self._logged_step = 0
+        self.last_logged: dict[str, float] = {}
+        self._validation: torch.Tensor | None = None
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.forward_model(
+            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["labels"]
+        )
+        mlm_logits = out.mlm_logits.float()
+        result = {
+            "mlm_loss": F.cross_entropy(mlm_logits, out.mlm_targets),
+            "mlm_correct": (mlm_logits.argmax(-1) == out.mlm_targets).sum(),
+            "mlm_count": torch.tensor(out.mlm_targets.numel(), device=mlm_logits.device),
+        }
+        loss = result["mlm_loss"]
+        if self.nsp:
+            nsp_logits, nsp_labels = out.nsp_logits.float(), batch["next_sentence_label"]
+            result["nsp_loss"] = F.cross_entropy(nsp_logits, nsp_labels)
+            result["nsp_correct"] = (nsp_logits.argmax(-1) == nsp_labels).sum()
+            loss = loss + result["nsp_loss"]
+        result["loss"] = loss
+        return result
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        r = self.losses(batch)
+        lengths = batch["attention_mask"].sum(1)
+        self._window += torch.stack(
+            [
+                r["loss"].detach(),
+                r["mlm_loss"].detach(),
+                r.get("nsp_loss", torch.zeros((), device=self.device)).detach(),
+                r["mlm_correct"],
+                r["mlm_count"],
+                r.get("nsp_correct", torch.zeros((), device=self.device)),
+                torch.tensor(lengths.shape[0], device=self.device),
+                torch.ones((), device=self.device),
+                lengths.sum(),
+            ]
+        ).to(torch.float64)
+        self._flops += training_flops(self.model_config, lengths, int(r["mlm_count"]))
+        return r["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        r = self.losses(batch)
+        sums = torch.stack(
+            [
+                r["mlm_loss"].detach() * r["mlm_count"],
+                r["mlm_correct"].to(torch.float64),
+                r["mlm_count"].to(torch.float64),
+                r.get("nsp_correct", torch.zeros((), device=self.device)).to(torch.float64),
+                torch.tensor(batch["input_ids"].shape[0], device=self.device, dtype=torch.float64),
+            ]
+        ).to(torch.float64)
+        self._validation = sums if self._validation is None else self._validation + sums
+
+    def on_validation_epoch_start(self) -> None:
+        self._validation = None
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self._validation
+        if sums is None:
+            sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        if dist.is_available() and dist.is_initialized():
+            sums = sums.clone()
+            dist.all_reduce(sums)
+        loss_sum, correct, count, nsp_correct, examples = sums.tolist()
+        if not count:
+            return
+        mlm_loss = loss_sum / count
+        metrics = {
+            "val/mlm_loss": mlm_loss,
+            "val/mlm_acc": correct / count,
+            "val/perplexity": math.exp(min(mlm_loss, 50.0)),
+            "val/examples": examples,
+        }
+        if self.nsp:
+            metrics["val/nsp_acc"] = nsp_correct / examples
+        for name, value in metrics.items():
+            self.log(name, value, rank_zero_only=True)
+
+    # -- throughput -----------------------------------------------------------------------------
+
+    def _reset_window(self) -> None:
+        self._window = torch.zeros(len(WINDOW), dtype=torch.float64)
+        self._flops, self._window_start = 0.0, time.perf_counter()
+
+    def on_train_start(self) -> None:
+        self._window = self._window.to(self.device)
+        self._window_start, self._logged_step = time.perf_counter(), self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Every `log_every` optimizer steps, the window's means over all ranks: losses and
+        accuracies, real (non-padding) tokens per second, and model FLOPs utilisation =
+        training_flops / seconds / the device's dense bf16 peak (GPUs only)."""
+        step = self.trainer.global_step
+        if step == self._logged_step or step % self.log_every:
+            return
+        self._logged_step = step
+        seconds = max(1e-9, time.perf_counter() - self._window_start)
+        window = self._window.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(window)
+        w = dict(zip(WINDOW, window.tolist(), strict=True))
+        metrics = {
+            "train/loss": w["loss"] / w["batches"],
+            "train/mlm_loss": w["mlm_loss"] / w["batches"],
+            "train/mlm_acc": w["mlm_correct"] / max(1.0, w["mlm_count"]),
+            "train/lr": self.lr_schedulers().get_last_lr()[0],
+            "train/tokens_per_s": w["tokens"] / seconds,
+            "train/examples": w["examples"],
+        }
+        if self.nsp:
+            metrics["train/nsp_loss"] = w["nsp_loss"] / w["batches"]
+            metrics["train/nsp_acc"] = w["nsp_correct"] / max(1.0, w["examples"])
+        peak = peak_flops(self.device)
+        if peak:
+            metrics["train/mfu"] = self._flops / seconds / peak
+        self.log_dict(metrics, rank_zero_only=True)
+        self.last_logged = {"step": step, **metrics}
+        self._reset_window()
+        self._window = self._window.to(self.device)
+
+    def on_validation_start(self) -> None:
+        self._validation_started = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        """Validation time is not training time: leave it out of the tokens/s window."""
+        if self.trainer.training or self.trainer.state.fn == "fit":
+            self._window_start += time.perf_counter() - self._validation_started
+
+    # -- optimizer ------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
+            fused=fused or None,
+        )  # fmt: skip
+        scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, o))
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    # -- exact resume ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Every rank's generator states (dropout), so a resumed run draws the same masks."""
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        if dist.is_available() and dist.is_initialized():
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint["bertflow_rng"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("bertflow_rng")
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if not states or rank >= len(states):
+            return
+        torch.set_rng_state(states[rank]["torch"])
+        if "cuda" in states[rank] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states[rank]["cuda"])
+
+
+def module_hparams(model: BertConfig, optim: OptimConfig) -> dict[str, Any]:
+    return {"model": asdict(model), "optim": asdict(optim)}

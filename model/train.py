@@ -1,0 +1,507 @@
+"""The training entry point: shards -> `model` artifact, on one CPU, one GPU, or many (DDP).
+
+`bertflow pretrain` (through Prefect) launches this module as a subprocess; users who launch
+their own jobs run it directly, and every rank runs the same command:
+
+    python -m bertflow.model.train --shards SHARDS_ID --devices 1 ...
+    torchrun --nnodes 2 --nproc-per-node 8 ... -m bertflow.model.train --shards ID --devices 8 \
+        --num-nodes 2 --strategy ddp
+    srun python -m bertflow.model.train --shards ID --devices 8 --num-nodes 4   (SLURM)
+
+Lightning reads the launcher's environment (torchrun's or SLURM's) to find each process's rank.
+The run folder (`--run-dir`, default `~/.bertflow/runs/<model id>`) holds checkpoints and logs;
+with several nodes it must be a shared filesystem. `--resume` continues from its last checkpoint.
+When training reaches `max_steps`, global rank 0 exports the model and publishes the artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bertflow.model.bert import BertConfig, parameter_count, preset
+from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.loader import (
+    LoaderConfig,
+    Position,
+    ShardDataset,
+    ShardLoader,
+    make_dataloader,
+    validation_config,
+)
+from bertflow.pipeline.manifest import Manifest, artifact_id
+from bertflow.pipeline.store import ArtifactStore, Published
+
+RUNS_ENV = "BERTFLOW_RUNS"
+PROGRESS_PREFIX = "bertflow-progress "  # stdout lines the Prefect task turns into progress
+WATCH_PARENT_ENV = "BERTFLOW_WATCH_PARENT"
+CHECKPOINT_DIR, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
+VALIDATION_SEED = 2024  # fixed masking seed of validation, the same for every model
+
+
+class TrainConfig(BaseModel):
+    """How a BERT is pretrained on a shards artifact. Fields other than the operational ones
+    (logging and checkpoint cadence, compile, strategy, loader workers) shape the model id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: Literal["tiny", "mini", "small", "medium", "base", "large"] = Field(
+        "tiny", description="Model size: tiny (2x128), mini (4x256), small (4x512), medium "
+        "(8x512), base (12x768, BERT-base), large (24x1024).",
+    )  # fmt: skip
+    hidden_size: int | None = Field(None, ge=8, description="Override the preset's hidden size.")
+    num_layers: int | None = Field(None, ge=1, description="Override the preset's layer count.")
+    num_heads: int | None = Field(None, ge=1, description="Override the preset's head count.")
+    intermediate_size: int | None = Field(
+        None, ge=8, description="Override the preset's feed-forward width."
+    )
+    max_position_embeddings: int = Field(
+        512, ge=8, description="Longest sequence the model takes (shards must fit)."
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Hidden and attention dropout.")
+    init_from: str | None = Field(
+        None, description="Start from this model artifact's weights (e.g. phase 2 at length 512)."
+    )
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps to train.")
+    batch_size: int = Field(32, ge=1, description="Examples per device per micro-batch.")
+    accumulate: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warm-up steps (default: 1% of max_steps, one-cycle: 30%)."
+    )
+    schedule: Literal["linear", "one-cycle"] = Field(
+        "linear", description="After warm-up: linear decay to 0 (BERT), or cosine annealing."
+    )
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay (not on biases, norms).")
+    adam_beta2: float = Field(0.999, gt=0.0, lt=1.0, description="AdamW beta2.")
+    adam_eps: float = Field(1e-6, gt=0.0, description="AdamW epsilon.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Clip the gradient norm to this (0: off).")
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on GPUs that support it, else 32-true."
+    )
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Where to train.")
+    devices: str = Field(
+        "auto", description="Devices per node: a count, a list like '0,1', or auto."
+    )
+    num_nodes: int = Field(1, ge=1, description="Nodes (each runs --devices processes).")
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = Field(
+        "auto", description="Lightning strategy; several devices use DDP."
+    )
+    compile: bool = Field(False, description="torch.compile the model.")
+    seed: int = Field(0, description="Seed of initialisation, data order, masks and dropout.")
+    num_workers: int = Field(1, ge=0, description="Loader worker processes per device.")
+    mlm_prob: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Dynamic masking rate (default: the shards')."
+    )
+    log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
+    val_every: int = Field(500, ge=1, description="Validate every N optimizer steps.")
+    val_batches: int | None = Field(
+        50, ge=1, description="Validation batches per rank (None: the whole validation split)."
+    )
+    checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps.")
+
+    @model_validator(mode="after")
+    def _architecture(self) -> TrainConfig:
+        self.architecture(vocab_size=64)  # raises on, say, hidden_size not divisible by heads
+        return self
+
+    def architecture(self, vocab_size: int) -> BertConfig:
+        changes = {
+            k: v
+            for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+            if (v := getattr(self, k)) is not None
+        }
+        try:
+            return preset(
+                self.preset,
+                vocab_size=vocab_size,
+                max_position_embeddings=self.max_position_embeddings,
+                hidden_dropout=self.dropout,
+                attention_dropout=self.dropout,
+                **changes,
+            )
+        except ValueError as e:
+            raise ValueError(str(e).replace("BertConfig.", "")) from None
+
+    def identity(self) -> dict[str, Any]:
+        operational = {"log_every", "checkpoint_every", "compile", "strategy", "num_workers"}
+        return self.model_dump(mode="json", exclude=operational)
+
+    def resolved_warmup(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return 0 if self.schedule == "one-cycle" else max(1, round(0.01 * self.max_steps))
+
+
+@dataclass(frozen=True)
+class PretrainPlan:
+    config: TrainConfig
+    shards: Manifest
+    tokenizer_id: str
+    architecture: BertConfig
+    world_size: int
+    artifact_id: str
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        up = {"shards": self.shards.id}
+        if self.config.init_from:
+            up["init"] = self.config.init_from
+        return up
+
+
+def plan_pretrain(store: ArtifactStore, shards_id: str, config: TrainConfig) -> PretrainPlan:
+    """Check everything that can be checked before training starts, and name the artifact."""
+    shards = store.require(shards_id, kind="shards")
+    tokenizer_id = shards.upstream["tokenizer"]
+    layout = shards.layout
+    architecture = config.architecture(int(layout["vocab_size"]))
+    if layout["max_seq_len"] > architecture.max_position_embeddings:
+        raise InputError(
+            f"{shards_id} holds sequences of up to {layout['max_seq_len']} tokens, more than the "
+            f"model's max_position_embeddings ({architecture.max_position_embeddings}); raise "
+            f"--max-position-embeddings or shard with --max-seq-len "
+            f"{architecture.max_position_embeddings}"
+        )
+    if config.init_from:
+        _check_init(store, config.init_from, tokenizer_id, architecture)
+    world_size = resolve_world_size(config)
+    _check_batch(store, shards_id, config, world_size)
+    model_id = artifact_id(
+        "model",
+        config={"train": config.identity(), "architecture": asdict(architecture),
+                "world_size": world_size},
+        upstream={"shards": shards_id, **({"init": config.init_from} if config.init_from else {})},
+    )  # fmt: skip
+    return PretrainPlan(config, shards, tokenizer_id, architecture, world_size, model_id)
+
+
+def _check_init(
+    store: ArtifactStore, model_id: str, tokenizer_id: str, architecture: BertConfig
+) -> None:
+    init = store.require(model_id, kind="model")
+    init_tokenizer = init.layout.get("tokenizer")
+    if init_tokenizer != tokenizer_id:
+        raise InputError(
+            f"--init-from {model_id} was trained with tokenizer {init_tokenizer}, but these "
+            f"shards were made with tokenizer {tokenizer_id}: token ids would mean different "
+            f"words; shard the corpus with {init_tokenizer}"
+        )
+    theirs = BertConfig(**init.layout["architecture"])
+    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size"):
+        if getattr(theirs, name) != getattr(architecture, name):
+            raise InputError(
+                f"--init-from {model_id} has {name} {getattr(theirs, name)}, this model "
+                f"{getattr(architecture, name)}: use the same preset and sizes"
+            )
+    if theirs.max_position_embeddings > architecture.max_position_embeddings:
+        raise InputError(
+            f"--init-from {model_id} has {theirs.max_position_embeddings} positions; "
+            f"--max-position-embeddings must be at least that"
+        )
+
+
+def resolve_world_size(config: TrainConfig) -> int:
+    """Processes that will train: devices per node x nodes (auto: all GPUs, else 1 CPU)."""
+    devices = config.devices.strip()
+    gpu = config.accelerator == "gpu" or (
+        config.accelerator == "auto" and torch.cuda.is_available()
+    )
+    if devices in ("auto", "-1"):
+        per_node = torch.cuda.device_count() if gpu else 1
+    elif "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    else:
+        try:
+            per_node = int(devices)
+        except ValueError:
+            raise InputError(f"--devices {config.devices!r}: a count, a list or auto") from None
+        if per_node < 1:
+            raise InputError(f"--devices {config.devices!r}: must be at least 1")
+    return max(1, per_node) * config.num_nodes
+
+
+def _check_batch(store: ArtifactStore, shards_id: str, config: TrainConfig, world: int) -> None:
+    try:
+        ShardDataset(store.url, shards_id, "train", _train_loader_config(config), rank=0,
+                     world_size=world)  # fmt: skip
+    except ValueError as e:
+        raise InputError(f"--batch-size: {e}") from None
+
+
+def _train_loader_config(config: TrainConfig) -> LoaderConfig:
+    return LoaderConfig(
+        batch_size=config.batch_size,
+        seed=config.seed,
+        epochs=None,  # endless: training runs by max_steps
+        masking="dynamic" if config.mlm_prob is not None else None,
+        mlm_prob=config.mlm_prob,
+    )
+
+
+# -- loaders -------------------------------------------------------------------------------------
+
+
+class TrainingLoader(ShardLoader):
+    """The train loader as Lightning sees it: Lightning fetches one batch ahead of the step it
+    runs, so a checkpoint's position is one batch before the loader's own."""
+
+    def state_dict(self) -> dict[str, Any]:
+        position = self._live or self.dataset.position
+        if position.batches:
+            position = Position(position.epoch, position.batches - 1, position.num_workers)
+        return self.dataset.state_at(position)
+
+
+def training_loader(
+    store_url: str, shards_id: str, config: TrainConfig, pin_memory: bool
+) -> TrainingLoader:
+    dataset = ShardDataset(store_url, shards_id, "train", _train_loader_config(config))
+    loader = make_dataloader(
+        dataset, config.num_workers, pin_memory=pin_memory, loader_class=TrainingLoader
+    )
+    loader.generator = torch.Generator().manual_seed(config.seed)  # not the global generator
+    return loader
+
+
+def validation_loader(
+    store_url: str, shards_id: str, config: TrainConfig, pin_memory: bool
+) -> ShardLoader | None:
+    """The validation split at fixed 15% masks, or None when it has too few examples."""
+    manifest = ArtifactStore(store_url).require(shards_id)
+    examples = int(manifest.stats.get("validation", {}).get("examples", 0))
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    batch = min(config.batch_size, examples // max(1, world))
+    if batch < 1:
+        return None
+    dataset = ShardDataset(
+        store_url, shards_id, "validation", validation_config(batch, VALIDATION_SEED)
+    )
+    loader = make_dataloader(dataset, min(1, config.num_workers), pin_memory=pin_memory)
+    loader.generator = torch.Generator().manual_seed(config.seed)
+    return loader
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def default_run_dir(model_id: str) -> Path:
+    root = os.environ.get(RUNS_ENV) or Path.home() / ".bertflow" / "runs"
+    return Path(root).expanduser() / model_id
+
+
+@dataclass
+class TrainOutcome:
+    completed: bool
+    global_step: int
+    published: Published | None
+
+
+def train(
+    store: ArtifactStore,
+    plan: PretrainPlan,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    flow_run_id: str | None = None,
+) -> TrainOutcome:
+    """Train until max_steps (or until a callback stops it); rank 0 then publishes."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from bertflow.model.module import OptimConfig, PretrainingModule
+    from bertflow.model.report import ProgressPrinter, publish_model
+
+    c = plan.config
+    L.seed_everything(c.seed, workers=True, verbose=False)
+    optim = OptimConfig(
+        lr=c.lr, warmup_steps=c.resolved_warmup(), max_steps=c.max_steps, schedule=c.schedule,
+        weight_decay=c.weight_decay, betas=(0.9, c.adam_beta2), eps=c.adam_eps,
+    )  # fmt: skip
+    module = PretrainingModule(
+        asdict(plan.architecture), asdict(optim), nsp=plan.shards.layout["objective"] != "none",
+        compile=c.compile, log_every=c.log_every,
+    )  # fmt: skip
+    if c.init_from and not resume:
+        load_weights(store, c.init_from, module.model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = run_dir / CHECKPOINT_DIR
+    last = checkpoints / LAST_CHECKPOINT
+    trainer = L.Trainer(
+        accelerator=c.accelerator, devices=_devices(c.devices), num_nodes=c.num_nodes,
+        strategy=c.strategy, precision=resolve_precision(c), max_steps=c.max_steps,
+        accumulate_grad_batches=c.accumulate, gradient_clip_val=c.grad_clip or None,
+        val_check_interval=c.val_every * c.accumulate, check_val_every_n_epoch=None,
+        limit_val_batches=c.val_batches if c.val_batches is not None else 1.0,
+        num_sanity_val_steps=0, log_every_n_steps=1, use_distributed_sampler=False,
+        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
+        default_root_dir=run_dir,
+        logger=[CSVLogger(run_dir, name="logs", version=""),
+                TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")],
+        callbacks=[
+            ModelCheckpoint(dirpath=checkpoints, filename="{step}", save_last=True,
+                            every_n_train_steps=c.checkpoint_every, save_top_k=1),
+            ProgressPrinter(c.max_steps),
+            *callbacks,
+        ],
+    )  # fmt: skip
+    pin = torch.cuda.is_available() and c.accelerator != "cpu"
+    train_loader = training_loader(store.url, plan.shards.id, c, pin)
+    ckpt_path = str(last) if resume and last.exists() else None
+    started = time.monotonic()
+    with _quiet_warnings():
+        trainer.fit(module, train_loader, _val_loader(store, plan, c, pin), ckpt_path=ckpt_path)
+    completed = trainer.global_step >= c.max_steps
+    if not completed:
+        return TrainOutcome(False, trainer.global_step, None)
+    trainer.save_checkpoint(last)
+    final = {}
+    val_loader = _val_loader(store, plan, c, pin)
+    if val_loader is not None:
+        with _quiet_warnings():
+            results = trainer.validate(module, val_loader, verbose=False)
+        final = {k.removeprefix("val/"): float(v) for k, v in (results or [{}])[0].items()}
+    if trainer.global_rank != 0:
+        return TrainOutcome(True, trainer.global_step, None)
+    published = publish_model(
+        store, plan, run_dir, module, final_validation=final,
+        seconds=time.monotonic() - started, flow_run_id=flow_run_id,
+        parameters=parameter_count(module.model), device=_device_name(module.device),
+        precision=str(trainer.precision),
+    )  # fmt: skip
+    return TrainOutcome(True, trainer.global_step, published)
+
+
+def _val_loader(store: ArtifactStore, plan: PretrainPlan, c: TrainConfig, pin: bool):
+    return validation_loader(store.url, plan.shards.id, c, pin)
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    if config.precision != "auto":
+        return config.precision
+    gpu = config.accelerator != "cpu" and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _devices(devices: str) -> int | str | list[int]:
+    devices = devices.strip()
+    if devices == "auto":
+        return "auto"
+    if "," in devices:
+        return [int(d) for d in devices.split(",") if d.strip()]
+    return int(devices)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    """Silence Lightning's advice that does not apply (iterable loaders have no length)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        yield
+
+
+def load_weights(store: ArtifactStore, model_id: str, model: torch.nn.Module) -> None:
+    """Initialise from a model artifact's exported weights (positions beyond theirs stay new)."""
+    from safetensors.torch import load as load_safetensors
+
+    from bertflow.model.bert import load_hf_state_dict
+
+    with store.open(model_id, "hf/model.safetensors") as f:
+        state = load_safetensors(f.read())
+    name = "bert.embeddings.position_embeddings.weight"
+    own = model.state_dict()[name]
+    if state[name].shape[0] < own.shape[0]:
+        grown = own.clone()
+        grown[: state[name].shape[0]] = state[name]
+        state[name] = grown
+    load_hf_state_dict(model, state)
+
+
+# -- process hygiene ------------------------------------------------------------------------------
+
+
+def die_with_parent() -> None:
+    """When launched by the Prefect task: if that process goes away (killed, even by SIGKILL),
+    take this whole process group (all local ranks and loader workers) down with it."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="bertflow-parent-watch", daemon=True).start()
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bertflow.flows.options import add_config_options, config_from_args
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bertflow.model.train",
+        description="Pretrain BERT on a shards artifact (every rank runs this same command).",
+    )
+    parser.add_argument("--shards", required=True, metavar="SHARDS_ID")
+    parser.add_argument("--store", default=None, help="artifact store (default: $BERTFLOW_STORE)")
+    parser.add_argument("--run-dir", type=Path, help=f"checkpoints and logs (${RUNS_ENV}/<id>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--config-json", help="the TrainConfig as JSON (other options override)")
+    parser.add_argument("--flow-run-id", help=argparse.SUPPRESS)
+    add_config_options(parser, TrainConfig)
+    args = parser.parse_args(argv)
+    if os.environ.get(WATCH_PARENT_ENV):
+        die_with_parent()
+    given = json.loads(args.config_json) if args.config_json else {}
+    config = config_from_args(TrainConfig, args, **{**given, **_explicit(args, TrainConfig)})
+    store = ArtifactStore(args.store)
+    try:
+        plan = plan_pretrain(store, args.shards, config)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_dir = args.run_dir or default_run_dir(plan.artifact_id)
+    outcome = train(store, plan, run_dir, resume=args.resume, flow_run_id=args.flow_run_id)
+    if outcome.published is not None:
+        print(PROGRESS_PREFIX + json.dumps({"published": outcome.published.manifest.id}),
+              flush=True)  # fmt: skip
+    return 0 if outcome.completed else 1
+
+
+def _explicit(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in model.model_fields if hasattr(args, k)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
