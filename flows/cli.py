@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +23,8 @@ from bertflow.pipeline.manifest import FORMAT_VERSIONS
 from bertflow.pipeline.shards import ShardConfig
 from bertflow.pipeline.store import DEFAULT_STORE, STORE_ENV, ArtifactStore, StoreError
 from bertflow.pipeline.tokenizer import TokenizerConfig
+
+# The training config is the pretrain command's options; it imports torch, so it is read lazily.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +89,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the work on this Dask scheduler (tcp://host:8786)")  # fmt: skip
     shard.add_argument("--spill-dir", metavar="DIR",
                        help="intermediate files; must be shared by all Dask workers")  # fmt: skip
+
+    from bertflow.model.train import TrainConfig
+
+    pretrain = _stage_parser(
+        commands, common, "pretrain", TrainConfig, _pretrain,
+        help="shards -> pretrained BERT model artifact",
+        description="Pretrain BERT (MLM + NSP) on a shards artifact with PyTorch Lightning; the "
+        "training runs in a subprocess (see python -m bertflow.model.train for torchrun/SLURM).",
+    )  # fmt: skip
+    pretrain.add_argument("--shards", required=True, metavar="SHARDS_ID", help="shards artifact")
+    pretrain.add_argument("--resume", action="store_true",
+                          help="continue from the run folder's last checkpoint")  # fmt: skip
+    pretrain.add_argument(
+        "--run-dir", metavar="DIR", help="checkpoints and logs (default: ~/.bertflow/runs/<id>)"
+    )
+
+    export = commands.add_parser(
+        "export", parents=[common], help="write a model's HuggingFace folder",
+        description="Copy a model artifact's HuggingFace export (config.json, model.safetensors, "
+        "tokenizer files) into a folder that transformers' from_pretrained loads.",
+    )  # fmt: skip
+    export.add_argument("model", metavar="MODEL_ID")
+    export.add_argument("--out", required=True, type=Path, metavar="DIR")
+    export.set_defaults(handler=_export)
 
     artifacts = commands.add_parser(
         "artifacts", parents=[common], help="list, show and verify artifacts"
@@ -196,6 +223,38 @@ def _shard(args: argparse.Namespace) -> int:
         )  # fmt: skip
 
     return _run_stage(args, run)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from bertflow.model.train import TrainConfig
+
+    config = config_from_args(TrainConfig, args)
+
+    def run(store: ArtifactStore) -> Any:
+        from bertflow.flows.pretrain import pretrain_flow
+
+        return pretrain_flow(
+            shards_id=args.shards, config=config, store_url=store.url, resume=args.resume,
+            run_dir=args.run_dir,
+        )  # fmt: skip
+
+    return _run_stage(args, run)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bertflow.model.export import EXPORT_FILES
+
+    store = _store(args)
+    manifest = store.require(args.model, kind="model")
+    hf = manifest.layout["hf"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in EXPORT_FILES:
+        with store.open(manifest.id, f"{hf}/{name}") as src:
+            (args.out / name).write_bytes(src.read())
+    print(f"{manifest.id}: wrote {', '.join(EXPORT_FILES)} to {args.out}")
+    print("  load with transformers: BertForPreTraining.from_pretrained(DIR), "
+          "AutoTokenizer.from_pretrained(DIR)")  # fmt: skip
+    return 0
 
 
 def _artifacts_ls(args: argparse.Namespace) -> int:

@@ -64,6 +64,20 @@ def summarize(manifest: Manifest) -> str:
             f" in {len(layout.get('splits', {}).get('train', []))} shards,"
             f" {layout.get('objective')}, {layout.get('masking')} masking"
         )
+    if manifest.kind == "model":
+        arch, val = manifest.layout.get("architecture", {}), stats.get("validation", {})
+        scores = (
+            f"validation MLM loss {val['mlm_loss']:.3f}, accuracy {val['mlm_acc']:.1%}"
+            if ("mlm_loss" in val)
+            else "no validation"
+        )
+        if "nsp_acc" in val:
+            scores += f", NSP accuracy {val['nsp_acc']:.1%}"
+        return (
+            f"BERT {arch.get('num_layers')}x{arch.get('hidden_size')}"
+            f" ({stats.get('parameters', 0) / 1e6:.1f}M parameters), {stats.get('steps', 0):,}"
+            f" steps at batch {stats.get('global_batch')}; {scores}"
+        )
     return ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int | float | str))
 
 
