@@ -26,7 +26,7 @@ def add_config_options(
         flag = "--" + name.replace("_", "-")
         kind, choices = _scalar_type(field.annotation)
         default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description or ''} (default: {default})".strip()
+        help_text = f"{field.description or ''} (default: {default})".strip().replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if kind is bool and "cli_false_flag" in extra:  # e.g. --lowercase / --cased

@@ -21,6 +21,14 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from bertflow.model.bert import BertConfig, BertForPreTraining, training_flops
+from bertflow.pipeline.loader import (
+    LoaderConfig,
+    Position,
+    ShardDataset,
+    ShardLoader,
+    make_dataloader,
+    validation_config,
+)
 
 Schedule = Literal["linear", "one-cycle"]
 
@@ -239,7 +247,8 @@ class PretrainingModule(L.LightningModule):
         peak = peak_flops(self.device)
         if peak:
             metrics["train/mfu"] = self._flops / seconds / peak
-        self.log_dict(metrics, rank_zero_only=True)
+        for logger in self.loggers:  # directly: Lightning's own path re-logs a hook's values
+            logger.log_metrics(metrics, step=step)
         self.last_logged = {"step": step, **metrics}
         self._reset_window()
         self._window = self._window.to(self.device)
@@ -291,3 +300,85 @@ class PretrainingModule(L.LightningModule):
 
 def module_hparams(model: BertConfig, optim: OptimConfig) -> dict[str, Any]:
     return {"model": asdict(model), "optim": asdict(optim)}
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+class TrainingLoader(ShardLoader):
+    """The train loader as Lightning sees it: Lightning fetches one batch ahead of the step it
+    runs, so a checkpoint's position is one batch before the loader's own."""
+
+    def state_dict(self) -> dict[str, Any]:
+        position = self._live or self.dataset.position
+        if position.batches:
+            position = Position(position.epoch, position.batches - 1, position.num_workers)
+        return self.dataset.state_at(position)
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train and validation loaders of a shards artifact, made once Lightning knows this
+    process's rank (the distributed group does not exist yet when the trainer is built).
+
+    Validation masks 15% with a fixed seed; its batch shrinks to what the smallest rank gets.
+    Both loaders draw their worker seeds from their own generator, never the global one, so
+    making a loader does not move the dropout stream (exact resume depends on it).
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        shards_id: str,
+        train: LoaderConfig,
+        *,
+        num_workers: int,
+        pin_memory: bool,
+        seed: int,
+        validation_seed: int,
+    ):
+        super().__init__()
+        self.store_url, self.shards_id, self.train = store_url, shards_id, train
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.seed, self.validation_seed = seed, validation_seed
+
+    def _slot(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def train_dataloader(self) -> ShardLoader:
+        rank, world = self._slot()
+        dataset = ShardDataset(
+            self.store_url, self.shards_id, "train", self.train, rank=rank, world_size=world
+        )
+        return self._loader(dataset, self.num_workers, TrainingLoader)
+
+    def validation_dataset(self) -> ShardDataset | None:
+        rank, world = self._slot()
+        probe = ShardDataset(
+            self.store_url, self.shards_id, "validation", validation_config(1), rank=rank,
+            world_size=world,
+        ) if self.has_validation() else None  # fmt: skip
+        batch = min(self.train.batch_size, probe.fewest_per_rank()) if probe else 0
+        if batch < 1:
+            return None
+        config = validation_config(batch, self.validation_seed)
+        return ShardDataset(
+            self.store_url, self.shards_id, "validation", config, rank=rank, world_size=world
+        )
+
+    def has_validation(self) -> bool:
+        from bertflow.pipeline.store import ArtifactStore
+
+        manifest = ArtifactStore(self.store_url).require(self.shards_id)
+        return int(manifest.stats.get("validation", {}).get("examples", 0)) > 0
+
+    def val_dataloader(self) -> ShardLoader | list:
+        dataset = self.validation_dataset()
+        return [] if dataset is None else self._loader(dataset, min(1, self.num_workers))
+
+    def _loader(
+        self, dataset: ShardDataset, workers: int, cls: type[ShardLoader] = ShardLoader
+    ) -> ShardLoader:
+        loader = make_dataloader(dataset, workers, pin_memory=self.pin_memory, loader_class=cls)
+        loader.generator = torch.Generator().manual_seed(self.seed)
+        return loader

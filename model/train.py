@@ -35,14 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertflow.model.bert import BertConfig, parameter_count, preset
 from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.loader import (
-    LoaderConfig,
-    Position,
-    ShardDataset,
-    ShardLoader,
-    make_dataloader,
-    validation_config,
-)
+from bertflow.pipeline.loader import LoaderConfig, ShardDataset
 from bertflow.pipeline.manifest import Manifest, artifact_id
 from bertflow.pipeline.store import ArtifactStore, Published
 
@@ -253,49 +246,6 @@ def _train_loader_config(config: TrainConfig) -> LoaderConfig:
     )
 
 
-# -- loaders -------------------------------------------------------------------------------------
-
-
-class TrainingLoader(ShardLoader):
-    """The train loader as Lightning sees it: Lightning fetches one batch ahead of the step it
-    runs, so a checkpoint's position is one batch before the loader's own."""
-
-    def state_dict(self) -> dict[str, Any]:
-        position = self._live or self.dataset.position
-        if position.batches:
-            position = Position(position.epoch, position.batches - 1, position.num_workers)
-        return self.dataset.state_at(position)
-
-
-def training_loader(
-    store_url: str, shards_id: str, config: TrainConfig, pin_memory: bool
-) -> TrainingLoader:
-    dataset = ShardDataset(store_url, shards_id, "train", _train_loader_config(config))
-    loader = make_dataloader(
-        dataset, config.num_workers, pin_memory=pin_memory, loader_class=TrainingLoader
-    )
-    loader.generator = torch.Generator().manual_seed(config.seed)  # not the global generator
-    return loader
-
-
-def validation_loader(
-    store_url: str, shards_id: str, config: TrainConfig, pin_memory: bool
-) -> ShardLoader | None:
-    """The validation split at fixed 15% masks, or None when it has too few examples."""
-    manifest = ArtifactStore(store_url).require(shards_id)
-    examples = int(manifest.stats.get("validation", {}).get("examples", 0))
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    batch = min(config.batch_size, examples // max(1, world))
-    if batch < 1:
-        return None
-    dataset = ShardDataset(
-        store_url, shards_id, "validation", validation_config(batch, VALIDATION_SEED)
-    )
-    loader = make_dataloader(dataset, min(1, config.num_workers), pin_memory=pin_memory)
-    loader.generator = torch.Generator().manual_seed(config.seed)
-    return loader
-
-
 # -- training ------------------------------------------------------------------------------------
 
 
@@ -325,7 +275,7 @@ def train(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from bertflow.model.module import OptimConfig, PretrainingModule
+    from bertflow.model.module import OptimConfig, PretrainingModule, ShardDataModule
     from bertflow.model.report import ProgressPrinter, publish_model
 
     c = plan.config
@@ -361,21 +311,23 @@ def train(
             *callbacks,
         ],
     )  # fmt: skip
-    pin = torch.cuda.is_available() and c.accelerator != "cpu"
-    train_loader = training_loader(store.url, plan.shards.id, c, pin)
+    data = ShardDataModule(
+        store.url, plan.shards.id, _train_loader_config(c), num_workers=c.num_workers,
+        pin_memory=torch.cuda.is_available() and c.accelerator != "cpu", seed=c.seed,
+        validation_seed=VALIDATION_SEED,
+    )  # fmt: skip
     ckpt_path = str(last) if resume and last.exists() else None
     started = time.monotonic()
     with _quiet_warnings():
-        trainer.fit(module, train_loader, _val_loader(store, plan, c, pin), ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     completed = trainer.global_step >= c.max_steps
     if not completed:
         return TrainOutcome(False, trainer.global_step, None)
     trainer.save_checkpoint(last)
     final = {}
-    val_loader = _val_loader(store, plan, c, pin)
-    if val_loader is not None:
+    if data.has_validation():
         with _quiet_warnings():
-            results = trainer.validate(module, val_loader, verbose=False)
+            results = trainer.validate(module, datamodule=data, verbose=False)
         final = {k.removeprefix("val/"): float(v) for k, v in (results or [{}])[0].items()}
     if trainer.global_rank != 0:
         return TrainOutcome(True, trainer.global_step, None)
@@ -386,10 +338,6 @@ def train(
         precision=str(trainer.precision),
     )  # fmt: skip
     return TrainOutcome(True, trainer.global_step, published)
-
-
-def _val_loader(store: ArtifactStore, plan: PretrainPlan, c: TrainConfig, pin: bool):
-    return validation_loader(store.url, plan.shards.id, c, pin)
 
 
 def resolve_precision(config: TrainConfig) -> str:

@@ -430,18 +430,23 @@ class ShardDataset(IterableDataset):
         given = {k: v for k, v in overrides.items() if v is not None}
         return masking_rule(self.layout, tokens, **given)
 
-    def _check_batch_size(self) -> None:
-        """A rank must get at least one full batch, whichever way its examples are cut."""
+    def fewest_per_rank(self) -> int:
+        """The fewest examples any rank may get per epoch, whichever way the split is cut."""
         total, ranks = int(self.rows.sum()), self.world_size
         fewest = total // ranks
         if len(self.rows) % ranks == 0:  # whole shards are possible
             fewest = min(fewest, int(np.sort(self.rows)[: len(self.rows) // ranks].sum()))
+        return fewest
+
+    def _check_batch_size(self) -> None:
+        """A rank must get at least one full batch, whichever way its examples are cut."""
+        fewest = self.fewest_per_rank()
         if self.config.batch_size > fewest:
             raise ValueError(
                 f"batch_size {self.config.batch_size} is larger than the {fewest} examples rank "
-                f"{self.rank} of {ranks} may get from the {self.split!r} split of "
-                f"{self.shards_id} ({total} examples in {len(self.rows)} shards); use a "
-                f"batch_size of at most {fewest}, or fewer ranks"
+                f"{self.rank} of {self.world_size} may get from the {self.split!r} split of "
+                f"{self.shards_id} ({int(self.rows.sum())} examples in {len(self.rows)} shards); "
+                f"use a batch_size of at most {fewest}, or fewer ranks"
             )
 
     @property

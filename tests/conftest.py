@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -64,3 +66,61 @@ def prefect_harness() -> Iterator[None]:
 def store(tmp_path: Path) -> ArtifactStore:
     """An empty artifact store in a local temporary folder."""
     return ArtifactStore(str(tmp_path / "store"))
+
+
+@dataclass(frozen=True)
+class TinyShards:
+    """demo-small ingested, a 2000-token vocabulary, and 64-token shards (4 train, 2 validation)."""
+
+    store_url: str
+    corpus_id: str
+    tokenizer_id: str
+    shards_id: str
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> TinyShards:
+    from bertflow.pipeline.ingest import IngestConfig, ingest
+    from bertflow.pipeline.shards import ShardConfig, make_shards
+    from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+
+    store = ArtifactStore(str(tmp_path_factory.mktemp("tiny") / "store"))
+    corpus = ingest(IngestConfig(sources=["demo-small"], validation_fraction=0.1, workers=1), store)
+    tokenizer = make_tokenizer(
+        store, corpus.manifest.id, TokenizerConfig(vocab_size=2000, limit_alphabet=200)
+    )
+    shards = make_shards(
+        store, corpus.manifest.id, tokenizer.manifest.id,
+        ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, workers=1),
+    )  # fmt: skip
+    return TinyShards(store.url, corpus.manifest.id, tokenizer.manifest.id, shards.manifest.id)
+
+
+def tiny_training(**changes: Any) -> Any:
+    """A TrainConfig small and fast enough for tests on a CPU."""
+    from bertflow.model.train import TrainConfig
+
+    fields = dict(
+        preset="tiny", max_steps=12, batch_size=16, lr=1e-3, warmup_steps=2, log_every=2,
+        val_every=6, val_batches=4, checkpoint_every=6, num_workers=0, accelerator="cpu",
+        devices="1",
+    )  # fmt: skip
+    return TrainConfig(**{**fields, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_shards: TinyShards, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny model trained for 12 steps on `tiny_shards` (in this process); its artifact id."""
+    from bertflow.model.train import plan_pretrain, train
+
+    store = ArtifactStore(tiny_shards.store_url)
+    plan = plan_pretrain(store, tiny_shards.shards_id, tiny_training())
+    outcome = train(store, plan, tmp_path_factory.mktemp("run"))
+    assert outcome.published is not None
+    return outcome.published.manifest.id
+
+
+@pytest.fixture
+def training_config() -> Any:
+    """`tiny_training`, the factory of small TrainConfigs, for tests to change a field or two."""
+    return tiny_training
