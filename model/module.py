@@ -126,7 +126,9 @@ class PretrainingModule(L.LightningModule):
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.999)))})
         self.nsp, self.log_every = nsp, log_every
         self.model = BertForPreTraining(self.model_config)
-        self.forward_model = torch.compile(self.model) if compile else self.model
+        # not a submodule: the compiled wrapper shares the model's parameters, and registering
+        # it would save every weight twice
+        object.__setattr__(self, "_compiled", torch.compile(self.model) if compile else None)
         self._reset_window()
         self._logged_step = 0
         self.last_logged: dict[str, float] = {}
@@ -135,7 +137,7 @@ class PretrainingModule(L.LightningModule):
     # -- steps ----------------------------------------------------------------------------------
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.forward_model(
+        out = (self.model if self._compiled is None else self._compiled)(
             batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["labels"]
         )
         mlm_logits = out.mlm_logits.float()

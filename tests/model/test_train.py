@@ -1,4 +1,4 @@
-"""Pretraining on CPU with the tiny preset: learning, exact resume, DDP, config errors, schedules."""
+"""Pretraining on CPU, tiny preset: learning, exact resume, DDP, config errors, schedules."""
 
 from __future__ import annotations
 
@@ -194,9 +194,9 @@ def test_init_from_continues_from_the_models_weights(tiny_shards, tiny_model, tr
 
     model = BertForPreTraining(plan.architecture)
     load_weights(store, tiny_model, model)
-    trained = torch.load(
-        store.local_path(tiny_model) / "checkpoint/last.ckpt", weights_only=False
-    )["state_dict"]
+    trained = torch.load(store.local_path(tiny_model) / "checkpoint/last.ckpt", weights_only=False)[
+        "state_dict"
+    ]
     assert torch.equal(
         model.bert.encoder.layer[0].output.dense.weight,
         trained["model.bert.encoder.layer.0.output.dense.weight"],
