@@ -20,13 +20,18 @@ $(STAMP): pyproject.toml requirements.lock
 
 ID = $(BIN)/python -c 'import json, sys; print(json.loads(sys.stdin.read().splitlines()[-1])["id"])'
 
+# The tiny preset for a few minutes of CPU: enough for the loss to fall well below its start.
+DEMO_TRAINING ?= --preset tiny --max-steps 300 --batch-size 32 --lr 1e-3 --warmup-steps 30 --val-every 100 --checkpoint-every 100
+
 # The stages built so far, on the built-in corpus, then the lineage of what they made.
 demo: $(STAMP)
 	@corpus=$$($(BIN)/bertflow ingest demo --json | $(ID)) && \
 	tokenizer=$$($(BIN)/bertflow tokenizer --corpus $$corpus --json | $(ID)) && \
 	shards=$$($(BIN)/bertflow shard --corpus $$corpus --tokenizer $$tokenizer --json | $(ID)) && \
-	echo && $(BIN)/bertflow lineage $$shards && \
-	echo && echo "artifacts are in $${BERTFLOW_STORE:-~/.bertflow/store}; see: .venv/bin/bertflow artifacts show $$shards"
+	model=$$($(BIN)/bertflow pretrain --shards $$shards $(DEMO_TRAINING) --json | $(ID)) && \
+	echo && $(BIN)/bertflow lineage $$model && \
+	echo && echo "artifacts are in $${BERTFLOW_STORE:-~/.bertflow/store}; see: .venv/bin/bertflow artifacts show $$model" && \
+	echo "HuggingFace folder: .venv/bin/bertflow export $$model --out demo-bert/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -39,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/tokenizer.py
 	$(BIN)/python bench/shard.py
 	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/train_step.py
 
 clean:
 	rm -rf $(VENV)
