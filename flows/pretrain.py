@@ -119,6 +119,7 @@ def launch_training(
     if code != 0:
         last = "\n".join(tail)
         raise RuntimeError(f"training {plan.artifact_id} failed (exit {code}):\n{last}")
+    progress.complete()
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
@@ -171,6 +172,10 @@ class TrainingProgress:
             update_progress_artifact(
                 self.artifact_id, progress=round(100 * step / self.max_steps, 1)
             )
+
+    def complete(self) -> None:
+        """The trainer exited cleanly, so all steps ran, whatever progress line it printed last."""
+        update_progress_artifact(self.artifact_id, progress=100.0)
 
     def close(self) -> None:
         self._bar.close()

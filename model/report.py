@@ -34,7 +34,18 @@ class ProgressPrinter(L.Callback):
         self._printed_step = -1
         self._started = time.monotonic()
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+    # Callbacks' on_train_batch_end run before the module's, which logs the window: print it at
+    # the next hook that comes after (next batch, validation, the end of training).
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        self._print_window(trainer, module)
+
+    def on_validation_start(self, trainer: L.Trainer, module: Any) -> None:
+        self._print_window(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        self._print_window(trainer, module)
+
+    def _print_window(self, trainer: L.Trainer, module: Any) -> None:
         logged = getattr(module, "last_logged", {})
         step = int(logged.get("step", -1))
         if trainer.global_rank != 0 or step <= self._printed_step:
