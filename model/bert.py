@@ -301,24 +301,24 @@ class PretrainingOutput(NamedTuple):
     """(B, 2): is-next (0) / random-next (1), as BERT's labels."""
 
 
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's: weights from a normal truncated at 2 std, biases 0, LayerNorm 1/0."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class BertForPreTraining(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """BERT's: weights from a normal truncated at 2 std, biases 0, LayerNorm 1/0."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(lambda module: init_weights(module, config.initializer_range))
 
     def forward(
         self,
@@ -403,3 +403,28 @@ def load_hf_state_dict(model: BertForPreTraining, state: dict[str, torch.Tensor]
         raise ValueError(
             f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
         )
+
+
+class BertForSequenceClassification(nn.Module):
+    """The encoder with a classifier on the pooled [CLS] output, as HuggingFace's (same names):
+    `num_labels` classes, or one output for regression."""
+
+    def __init__(self, config: BertConfig, num_labels: int):
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be at least 1, got {num_labels}")
+        self.config, self.num_labels = config, num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.apply(lambda module: init_weights(module, config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, L) ids -> (B, num_labels) logits (or (B, 1) regression outputs)."""
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        return self.classifier(self.dropout(pooled))

@@ -116,7 +116,10 @@ class ArtifactStore:
         except ValueError as e:
             raise StoreError(str(e)) from None
         if kind is not None and actual_kind != kind:
-            raise StoreError(f"{artifact_id} is a {actual_kind} artifact, not a {kind} artifact")
+            raise StoreError(
+                f"{artifact_id} is {_a(actual_kind)} {actual_kind} artifact, not {_a(kind)} {kind}"
+                " artifact"
+            )
         manifest = self.get(artifact_id)
         if manifest is None:
             raise ArtifactNotFound(f"no artifact {artifact_id} in store {self.url}")
@@ -247,6 +250,10 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
