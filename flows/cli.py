@@ -105,6 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", metavar="DIR", help="checkpoints and logs (default: ~/.bertflow/runs/<id>)"
     )
 
+    from bertflow.model.evaluate import EvaluateConfig
+
+    evaluate = _stage_parser(
+        commands, common, "evaluate", EvaluateConfig, _evaluate,
+        help="model -> evaluation artifact (intrinsic + fine-tuned tasks)",
+        description="Evaluate a model: MLM/NSP metrics on its validation shards and fine-tuned "
+        "downstream tasks beside baselines. With --compare, print evaluations side by side.",
+        skip=("tasks",),
+    )  # fmt: skip
+    evaluate.add_argument("--model", metavar="MODEL_ID", help="model artifact to evaluate")
+    evaluate.add_argument(
+        "--task", action="append", default=[], metavar="SPEC", dest="task_specs",
+        help="a labelled task: PATH (a GLUE folder such as SST-2/, or a .csv/.tsv/.jsonl/"
+        ".parquet file or folder of train/test files), or key=value pairs such as "
+        "path=reviews.csv,text_field=body,label_field=stars,name=reviews; repeat for more",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--compare", nargs="+", metavar="EVALUATION_ID",
+        help="print these evaluations side by side instead of evaluating",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--show", metavar="EVALUATION_ID",
+        help="print an evaluation's report (lineage, metrics beside baselines) and exit",
+    )
+
     export = commands.add_parser(
         "export", parents=[common], help="write a model's HuggingFace folder",
         description="Copy a model artifact's HuggingFace export (config.json, model.safetensors, "
@@ -173,7 +198,12 @@ def _store(args: argparse.Namespace) -> ArtifactStore:
     return ArtifactStore(getattr(args, "store", None))
 
 
-def _run_stage(args: argparse.Namespace, run: Callable[[ArtifactStore], Any]) -> int:
+def _run_stage(
+    args: argparse.Namespace,
+    run: Callable[[ArtifactStore], Any],
+    show: Callable[[ArtifactStore, Any], None] | None = None,
+) -> int:
+    """Run a stage; print its result (one JSON line with --json), then `show` anything more."""
     store = _store(args)
     result = run(store)
     if args.json:
@@ -186,6 +216,8 @@ def _run_stage(args: argparse.Namespace, run: Callable[[ArtifactStore], Any]) ->
     for warning in result.stats.get("warnings", []):
         print(f"  warning: {warning}")
     print(f"  next: bertflow lineage {result.id}")
+    if show is not None:
+        show(store, result)
     return 0
 
 
@@ -239,6 +271,70 @@ def _pretrain(args: argparse.Namespace) -> int:
         )  # fmt: skip
 
     return _run_stage(args, run)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from bertflow.model.evaluate import EvaluateConfig
+    from bertflow.model.evaluation_report import (
+        comparison_table,
+        downstream_table,
+        render_text_table,
+    )
+    from bertflow.pipeline.downstream import TaskSpec
+
+    if args.show:
+        store = _store(args)
+        manifest = store.require(args.show, kind="evaluation")
+        with store.open(manifest.id, manifest.layout["report"]) as f:
+            print(f.read().decode("utf-8"))
+        _print_beside_previous(store, manifest)
+        return 0
+    if args.compare:
+        store = _store(args)
+        manifests = [store.require(i, kind="evaluation") for i in args.compare]
+        header, rows = comparison_table(manifests)
+        if args.json:
+            print(json.dumps({"header": header, "rows": rows}))
+        else:
+            print(render_text_table(header, rows))
+        return 0
+    if not args.model:
+        print("bertflow evaluate: give --model MODEL_ID (or --compare ID ...)", file=sys.stderr)
+        return 2
+    tasks = [TaskSpec.parse(spec) for spec in args.task_specs]
+    config = config_from_args(EvaluateConfig, args, tasks=tasks)
+
+    def run(store: ArtifactStore) -> Any:
+        from bertflow.flows.evaluate import evaluate_flow
+
+        return evaluate_flow(model_id=args.model, config=config, store_url=store.url)
+
+    def show(store: ArtifactStore, result: Any) -> None:
+        """The evaluation's numbers, beside the previous evaluation of the same tasks."""
+        manifest = store.require(result.id)
+        if manifest.stats["tasks"]:
+            header, rows = downstream_table(manifest.stats["tasks"], manifest.config)
+            print("\n" + render_text_table(header, rows, text_columns=3))
+        _print_beside_previous(store, manifest)
+        print(f"  report: bertflow evaluate --show {manifest.id}")
+
+    return _run_stage(args, run, show)
+
+
+def _print_beside_previous(store: ArtifactStore, manifest: Any) -> None:
+    """The evaluation's headline numbers beside the previous evaluation of the same tasks."""
+    from bertflow.model.evaluation_report import (
+        comparison_table,
+        previous_evaluation,
+        render_text_table,
+    )
+
+    previous = previous_evaluation(store, manifest)
+    header, rows = comparison_table([m for m in (previous, manifest) if m is not None])
+    print("\n" + render_text_table(header, rows))
+    if previous is not None:
+        print(f"(left: the previous evaluation of these tasks; compare more with "
+              f"bertflow evaluate --compare {previous.id} {manifest.id} ...)")
 
 
 def _export(args: argparse.Namespace) -> int:

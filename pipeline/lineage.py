@@ -78,6 +78,14 @@ def summarize(manifest: Manifest) -> str:
             f" ({stats.get('parameters', 0) / 1e6:.1f}M parameters), {stats.get('steps', 0):,}"
             f" steps at batch {stats.get('global_batch')}; {scores}"
         )
+    if manifest.kind == "evaluation":
+        parts = []
+        if "mlm_acc" in (intrinsic := stats.get("intrinsic", {})):
+            parts.append(f"MLM accuracy {intrinsic['mlm_acc']:.1%}")
+        for name, task in stats.get("tasks", {}).items():
+            primary = task["primary"]
+            parts.append(f"{name} {primary} {task['model'][primary]['median']:.4f}")
+        return "evaluation: " + (", ".join(parts) or "no metrics")
     return ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int | float | str))
 
 

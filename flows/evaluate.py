@@ -1,0 +1,55 @@
+"""The evaluate flow: model -> evaluation artifact, cached by content.
+
+Besides the records every stage leaves, it publishes a table of every metric (`<id>-metrics`)
+and a markdown report with the model's lineage, the downstream table beside its baselines and
+the comparison with the previous evaluation of the same task set. The comparison is made when the
+flow runs (it depends on what else is in the store), so it lives in Prefect, not in the artifact.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+
+from bertflow.flows.records import progress_callbacks
+from bertflow.flows.result import StageResult
+from bertflow.flows.stage import cached_or_built
+from bertflow.model.evaluate import EvaluateConfig, build_and_publish, plan_evaluation
+from bertflow.model.evaluation_report import comparison_markdown, metric_rows, previous_evaluation
+from bertflow.pipeline.manifest import Manifest
+from bertflow.pipeline.store import ArtifactStore
+
+
+@flow(name="evaluate")
+def evaluate_flow(
+    model_id: str, config: EvaluateConfig | None = None, store_url: str | None = None
+) -> StageResult:
+    """Intrinsic MLM/NSP metrics and fine-tuned downstream tasks beside their baselines."""
+    config = config or EvaluateConfig()
+    store = ArtifactStore(store_url)
+    plan = plan_evaluation(store, model_id, config)  # bad ids and task files fail here
+
+    def build():
+        callbacks = progress_callbacks(f"evaluating {model_id}")
+        return build_and_publish(store, plan, callbacks, flow_run_id=flow_run.get_id())
+
+    def details(manifest: Manifest) -> str:
+        with store.open(manifest.id, manifest.layout["report"]) as f:
+            report = f.read().decode("utf-8")
+        curves = store.uri(manifest.id, manifest.layout["curves"])
+        return "\n\n".join([
+            comparison_markdown(previous_evaluation(store, manifest), manifest),
+            report.replace("# Evaluation of", "## Evaluation of", 1),
+            f"Training and fine-tuning curves: `{curves}`",
+        ])  # fmt: skip
+
+    result = cached_or_built(
+        store, plan.artifact_id, "Evaluation", build, upstream=plan.upstream,
+        input_uris=[i.uri for i in plan.inputs], details=details,
+    )  # fmt: skip
+    rows = metric_rows(result.stats)
+    if rows:
+        create_table_artifact(key=f"{result.id}-metrics", table=rows,
+                              description=f"every metric of {result.id}")  # fmt: skip
+    return result

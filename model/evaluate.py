@@ -1,0 +1,448 @@
+"""The evaluation stage: model -> `evaluation` artifact, with intrinsic and downstream metrics.
+
+- Intrinsic (`intrinsic.py`): MLM loss and accuracy, perplexity and NSP/SOP accuracy on the
+  validation shards of the model's own lineage, at fixed 15% masks.
+- Downstream (`finetune.py`): the pretrained encoder fine-tuned on each labelled task
+  (`pipeline/downstream.py` reads them) for several seeds; the median and the spread of each
+  metric, beside baselines on the same split: TF-IDF + logistic regression (`baselines.py`) and
+  the same encoder fine-tuned from a random initialisation, so every number has a reference.
+
+Everything is checked (the model id, every task file) before any work, and the artifact is
+published only once every number exists, so a failed evaluation publishes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from bertflow.model.baselines import tfidf_baseline
+from bertflow.model.export import CONFIG_FILE, WEIGHTS_FILE, config_from_hf
+from bertflow.model.finetune import (
+    Encoded,
+    FinetuneConfig,
+    FinetuneRun,
+    check_encoder,
+    encode,
+    encoder_state,
+    finetune,
+)
+from bertflow.model.intrinsic import batch_count, intrinsic_metrics, validation_dataset
+from bertflow.model.metrics import compute_metrics, summarize_runs
+from bertflow.pipeline.downstream import TaskData, TaskSpec, read_task, task_inputs
+from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
+from bertflow.pipeline.store import ArtifactStore, Published
+
+Baseline = Literal["tfidf", "random-init"]
+RESULTS_FILE, REPORT_FILE, CURVES_FILE = "results.json", "report.md", "curves.png"
+DEFAULT_MAX_SEQ_LEN = 128
+
+
+class EvaluateConfig(BaseModel):
+    """How a model is evaluated. Every field but `device` shapes the evaluation's id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: list[TaskSpec] = Field(
+        default_factory=list,
+        description="Labelled tasks to fine-tune on (GLUE folders, CSV/TSV/JSONL/Parquet files).",
+    )
+    intrinsic: bool = Field(True, description="MLM/NSP metrics on the model's validation shards.")
+    intrinsic_batch_size: int = Field(64, ge=1, description="Batch size of intrinsic metrics.")
+    intrinsic_max_batches: int | None = Field(
+        None, ge=1, description="Validation batches for intrinsic metrics (None: all)."
+    )
+    seeds: int = Field(3, ge=1, le=20, description="Fine-tuning runs per task (median reported).")
+    seed: int = Field(0, description="First fine-tuning seed (runs use seed, seed+1, ...).")
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: ["tfidf", "random-init"],
+        description="References on the same split: tfidf (TF-IDF + logistic/ridge regression), "
+        "random-init (the same encoder fine-tuned without pretraining).",
+    )
+    epochs: int = Field(3, ge=1, le=100, description="Fine-tuning epochs.")
+    lr: float | None = Field(
+        None, gt=0.0, le=1.0, description="Fine-tuning peak learning rate (default: 1e-3 at "
+        "hidden size 128, scaled by (128/hidden)^2: 2.8e-5 for BERT-base, as its paper's range).",
+    )  # fmt: skip
+    batch_size: int = Field(32, ge=1, description="Fine-tuning batch size.")
+    warmup_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of fine-tuning steps spent warming up."
+    )
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay while fine-tuning.")
+    max_seq_len: int | None = Field(
+        None, ge=8, description="Longest fine-tuning input, longer ones truncated and counted "
+        f"(default: {DEFAULT_MAX_SEQ_LEN} or the model's positions if fewer).",
+    )  # fmt: skip
+    max_train_examples: int | None = Field(
+        None, ge=1, description="Fine-tune on a seeded sample of at most this many examples."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to run: auto picks a GPU when there is one."
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> EvaluateConfig:
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"baselines are listed twice: {self.baselines}")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"device"})
+
+    def resolved_lr(self, hidden_size: int) -> float:
+        """Small encoders fine-tune best at a higher rate than BERT-base's 2e-5..5e-5."""
+        if self.lr is not None:
+            return self.lr
+        return float(f"{1e-3 * (128 / hidden_size) ** 2:.2g}")
+
+    def finetune_config(self, hidden_size: int) -> FinetuneConfig:
+        return FinetuneConfig(lr=self.resolved_lr(hidden_size), epochs=self.epochs,
+                              batch_size=self.batch_size,
+                              warmup_fraction=self.warmup_fraction,
+                              weight_decay=self.weight_decay)  # fmt: skip
+
+    def run_seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    config: EvaluateConfig
+    model: Manifest
+    tasks: list[TaskData]
+    inputs: list[InputFingerprint]
+    max_seq_len: int
+    task_set: str
+    artifact_id: str
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        return {"model": self.model.id}
+
+
+def plan_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig) -> EvaluationPlan:
+    """Check the model and read every task (bad files fail here, before any work); name the
+    artifact by the model, the config and the task files' fingerprints."""
+    model = store.require(model_id, kind="model")
+    positions = int(model.layout["architecture"]["max_position_embeddings"])
+    max_seq_len = config.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, positions)
+    if max_seq_len > positions:
+        raise InputError(
+            f"--max-seq-len {max_seq_len} is longer than {model_id}'s {positions} positions"
+        )
+    inputs = [i for spec in config.tasks for i in task_inputs(spec)]
+    tasks = [read_task(spec) for spec in config.tasks]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"task names must differ, {twice} appear twice: give each a name=")
+    evaluation_id = artifact_id(
+        "evaluation", config={**config.identity(), "max_seq_len": max_seq_len},
+        upstream={"model": model_id}, inputs=inputs,
+    )  # fmt: skip
+    task_set = task_set_key(config.tasks, inputs)
+    return EvaluationPlan(config, model, tasks, inputs, max_seq_len, task_set, evaluation_id)
+
+
+def task_set_key(specs: Sequence[TaskSpec], inputs: Sequence[InputFingerprint]) -> str:
+    """What makes two evaluations comparable: the same tasks read from the same files."""
+    identity = {"tasks": [s.identity() for s in specs],
+                "inputs": [i.model_dump(mode="json") for i in inputs]}  # fmt: skip
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:20]
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationState:
+    """What progress callbacks see (the shape `flows.records.PrefectProgress` reads)."""
+
+    total: int
+    done: int = 0
+    phase: str = "starting"
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 1.0
+
+    def describe(self) -> str:
+        return f"evaluate: {self.fraction:.0%} · {self.phase} · {self.done:,}/{self.total:,} steps"
+
+
+class EvaluationProgress:
+    """Counts batches and optimizer steps; a bar on a terminal, callbacks every `every_s`."""
+
+    def __init__(
+        self, total: int, callbacks: Sequence[Callable[[Any], None]], every_s: float = 2.0
+    ):
+        self.state = EvaluationState(total)
+        self.callbacks, self.every_s, self._last = list(callbacks), every_s, 0.0
+        self._bar = tqdm(total=total, unit="step", desc="evaluate", file=sys.stderr,
+                         disable=not sys.stderr.isatty(), dynamic_ncols=True)  # fmt: skip
+
+    def phase(self, name: str) -> None:
+        self.state.phase = name
+        self._bar.set_description(name, refresh=False)
+        self._notify()
+
+    def step(self) -> None:
+        self.state.done += 1
+        self._bar.update(1)
+        if time.monotonic() - self._last >= self.every_s:
+            self._notify()
+
+    def close(self) -> None:
+        self._bar.close()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._last = time.monotonic()
+        for callback in self.callbacks:
+            callback(self.state)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no GPU is visible to this process")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def load_pretrained(store: ArtifactStore, model: Manifest) -> tuple[Any, Tokenizer]:
+    """The model artifact's exported weights as our BertForPreTraining, and its tokenizer."""
+    from safetensors.torch import load as load_safetensors
+
+    from bertflow.model.bert import BertForPreTraining, load_hf_state_dict
+
+    hf = model.layout["hf"]
+    with store.open(model.id, f"{hf}/{CONFIG_FILE}") as f:
+        architecture = config_from_hf(json.loads(f.read()))
+    with store.open(model.id, f"{hf}/{WEIGHTS_FILE}") as f:
+        state = load_safetensors(f.read())
+    with store.open(model.id, f"{hf}/tokenizer.json") as f:
+        tokenizer = Tokenizer.from_str(f.read().decode("utf-8"))
+    network = BertForPreTraining(architecture)
+    load_hf_state_dict(network, state)
+    return network, tokenizer
+
+
+@dataclass
+class TaskOutcome:
+    """One task's numbers: metric -> summary over seeds, for the model and each baseline."""
+
+    task: TaskData
+    truncated: dict[str, int]
+    model: dict[str, dict[str, Any]]
+    baselines: dict[str, dict[str, dict[str, Any]]]
+    runs: dict[str, list[FinetuneRun]]
+    seconds: float
+
+    def stats(self, max_seq_len: int) -> dict[str, Any]:
+        t = self.task
+        return {
+            "problem": t.problem,
+            "num_labels": t.num_labels,
+            "label_names": t.label_names,
+            "metrics": list(t.metrics),
+            "primary": t.metrics[0],
+            "evaluation_split": t.evaluation_split,
+            "split_origin": t.split_origin,
+            "examples": {"train": len(t.train.labels), "evaluation": len(t.evaluation.labels)},
+            "max_seq_len": max_seq_len,
+            "truncated": self.truncated,
+            "model": self.model,
+            "baselines": self.baselines,
+        }
+
+
+def evaluate(
+    store: ArtifactStore,
+    plan: EvaluationPlan,
+    callbacks: Sequence[Callable[[Any], None]] = (),
+) -> tuple[dict[str, Any], dict[str, TaskOutcome], list[str]]:
+    """Every number of the evaluation: (intrinsic metrics, task outcomes, warnings)."""
+    c = plan.config
+    device = resolve_device(c.device)
+    network, tokenizer = load_pretrained(store, plan.model)
+    architecture = network.config
+    encoder = encoder_state(network.state_dict())
+    check_encoder(architecture, encoder)
+    warnings: list[str] = []
+    dataset = None
+    if c.intrinsic:
+        dataset = validation_dataset(store, plan.model.upstream["shards"], c.intrinsic_batch_size)
+        if dataset is None:
+            warnings.append(f"{plan.model.upstream['shards']} has no validation examples: "
+                            "no intrinsic metrics")  # fmt: skip
+    encoded = [_encode_task(tokenizer, t, plan.max_seq_len, c) for t in plan.tasks]
+    runs_per_task = len(c.run_seeds()) * (1 + ("random-init" in c.baselines))
+    total = (batch_count(dataset, c.intrinsic_max_batches) if dataset else 0) + sum(
+        runs_per_task * c.epochs * -(-len(train) // c.batch_size) for train, _ in encoded
+    )
+    progress = EvaluationProgress(total, callbacks)
+    try:
+        intrinsic: dict[str, Any] = {}
+        if dataset is not None:
+            progress.phase("intrinsic")
+            nsp = plan.model.layout.get("objective") != "none"
+            intrinsic = intrinsic_metrics(network, dataset, nsp=nsp, device=device,
+                                          max_batches=c.intrinsic_max_batches,
+                                          on_batch=progress.step)  # fmt: skip
+        outcomes = {}
+        for task, (train, evaluation) in zip(plan.tasks, encoded, strict=True):
+            outcomes[task.name] = _run_task(task, train, evaluation, architecture, encoder, c,
+                                            device, progress)  # fmt: skip
+            for split, n in outcomes[task.name].truncated.items():
+                if n:
+                    warnings.append(f"{task.name}: {n:,} {split} examples longer than "
+                                    f"{plan.max_seq_len} tokens were truncated")  # fmt: skip
+    finally:
+        progress.close()
+    return intrinsic, outcomes, warnings
+
+
+def _encode_task(
+    tokenizer: Tokenizer, task: TaskData, max_seq_len: int, c: EvaluateConfig
+) -> tuple[Encoded, Encoded]:
+    train = task.train
+    pick = np.arange(len(train.labels))
+    if c.max_train_examples is not None and len(pick) > c.max_train_examples:
+        pick = np.sort(np.random.default_rng(c.seed).permutation(len(pick))[: c.max_train_examples])
+    texts = [train.texts[i] for i in pick]
+    pairs = [train.pairs[i] for i in pick] if train.pairs is not None else None
+    ev = task.evaluation
+    return (
+        encode(tokenizer, texts, pairs, train.labels[pick], max_seq_len),
+        encode(tokenizer, ev.texts, ev.pairs, ev.labels, max_seq_len),
+    )
+
+
+def _run_task(
+    task: TaskData,
+    train: Encoded,
+    evaluation: Encoded,
+    architecture: Any,
+    encoder: dict[str, torch.Tensor],
+    c: EvaluateConfig,
+    device: torch.device,
+    progress: EvaluationProgress,
+) -> TaskOutcome:
+    started = time.monotonic()
+    labels = evaluation.labels
+    primary = task.metrics[0]
+
+    def score(predictions: np.ndarray) -> float:
+        return compute_metrics([primary], predictions, labels)[primary]
+
+    def runs(weights: dict[str, torch.Tensor] | None, label: str) -> list[FinetuneRun]:
+        out = []
+        for seed in c.run_seeds():
+            progress.phase(f"{task.name}: {label}, seed {seed}")
+            out.append(finetune(
+                architecture, weights, train, evaluation, problem=task.problem,
+                num_labels=task.num_labels, config=c.finetune_config(architecture.hidden_size),
+                seed=seed,
+                device=device, score=score, on_step=progress.step,
+            ))  # fmt: skip
+        return out
+
+    def summary(predictions: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+        per_run = [compute_metrics(task.metrics, p, labels) for p in predictions]
+        return {m: summarize_runs([r[m] for r in per_run]).as_dict() for m in task.metrics}
+
+    all_runs = {"pretrained": runs(encoder, "pretrained")}
+    baselines: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in c.baselines:
+        if name == "random-init":
+            all_runs[name] = runs(None, "random init")
+            baselines[name] = summary([r.predictions for r in all_runs[name]])
+        else:
+            progress.phase(f"{task.name}: tf-idf")
+            t, ev = task.train, task.evaluation
+            result = tfidf_baseline(t.texts, t.pairs, t.labels, ev.texts, ev.pairs,
+                                    task.problem, seed=c.seed)  # fmt: skip
+            baselines[name] = summary([result.predictions])
+    return TaskOutcome(
+        task=task,
+        truncated={"train": train.truncated, "evaluation": evaluation.truncated},
+        model=summary([r.predictions for r in all_runs["pretrained"]]),
+        baselines=baselines,
+        runs=all_runs,
+        seconds=time.monotonic() - started,
+    )
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+
+def build_and_publish(
+    store: ArtifactStore,
+    plan: EvaluationPlan,
+    callbacks: Sequence[Callable[[Any], None]] = (),
+    flow_run_id: str | None = None,
+) -> Published:
+    """Evaluate, then stage results.json, report.md and curves.png and publish them."""
+    from bertflow.model.evaluation_report import plot_curves, render_report
+
+    started = time.monotonic()
+    intrinsic, outcomes, warnings = evaluate(store, plan, callbacks)
+    stats: dict[str, Any] = {
+        "intrinsic": intrinsic,
+        "tasks": {name: o.stats(plan.max_seq_len) for name, o in outcomes.items()},
+        "seeds": plan.config.run_seeds(),
+        "lr": plan.config.resolved_lr(int(plan.model.layout["architecture"]["hidden_size"])),
+        "task_seconds": {name: round(o.seconds, 1) for name, o in outcomes.items()},
+        "device": str(resolve_device(plan.config.device)),
+        "seconds": round(time.monotonic() - started, 1),
+        "warnings": warnings,
+    }
+    layout = {"results": RESULTS_FILE, "report": REPORT_FILE, "curves": CURVES_FILE,
+              "task_set": plan.task_set, "model": plan.model.id,
+              "shards": plan.model.upstream.get("shards")}  # fmt: skip
+    curves = {name: {label: [r.loss_curve for r in rs] for label, rs in o.runs.items()}
+              for name, o in outcomes.items()}  # fmt: skip
+    epoch_scores = {name: {label: [r.epoch_scores for r in rs] for label, rs in o.runs.items()}
+                    for name, o in outcomes.items()}  # fmt: skip
+    results = {"intrinsic": intrinsic, "tasks": stats["tasks"], "curves": curves,
+               "epoch_scores": epoch_scores}  # fmt: skip
+    with store.staging(plan.artifact_id) as staging:
+        (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        (staging / REPORT_FILE).write_text(
+            render_report(store, plan.model, plan.config.model_dump(mode="json"), stats)
+        )
+        primary = {name: o.task.metrics[0] for name, o in outcomes.items()}
+        plot_curves(store, plan.model, curves, epoch_scores, primary, staging / CURVES_FILE,
+                    title=plan.artifact_id)  # fmt: skip
+        return store.publish(
+            staging, plan.artifact_id, config=plan.config.model_dump(mode="json"),
+            upstream=plan.upstream, inputs=plan.inputs, stats=stats, layout=layout,
+            flow_run_id=flow_run_id,
+        )  # fmt: skip
+
+
+def run_evaluation(
+    store: ArtifactStore, model_id: str, config: EvaluateConfig
+) -> Published:
+    """Evaluate without Prefect: the cached artifact when it exists."""
+    plan = plan_evaluation(store, model_id, config)
+    existing = store.get(plan.artifact_id)
+    if existing is not None:
+        return Published(existing, cached=True)
+    return build_and_publish(store, plan)

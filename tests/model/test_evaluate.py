@@ -1,0 +1,270 @@
+"""The evaluation stage without Prefect: intrinsic metrics on a tiny trained model, fine-tuned tasks
+beside their baselines, the artifact's files and report, comparisons, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from bertflow.model.evaluate import (
+    EvaluateConfig,
+    build_and_publish,
+    load_pretrained,
+    plan_evaluation,
+    run_evaluation,
+)
+from bertflow.model.evaluation_report import (
+    changes,
+    comparison_table,
+    previous_evaluation,
+    render_text_table,
+)
+from bertflow.model.intrinsic import intrinsic_metrics, validation_dataset
+from bertflow.pipeline.downstream import TaskSpec
+from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.store import ArtifactStore, StoreError
+
+SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+POSITIVE = ["peace", "freedom", "growth", "prosperity", "hope", "success"]
+NEGATIVE = ["war", "debt", "crisis", "depression", "fear", "failure"]
+FILLER = ["the", "nation", "people", "congress", "year", "states", "government", "our"]
+
+
+def sentiment_csv(path: Path, n: int, seed: int) -> Path:
+    """A two-class task the tiny model can learn: the label is which word list a sentence uses."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentence", "sentiment"])
+        for _ in range(n):
+            label = int(rng.integers(2))
+            cue = POSITIVE if label else NEGATIVE
+            words = list(rng.choice(FILLER, 5)) + list(rng.choice(cue, 2))
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), "pos" if label else "neg"])
+    return path
+
+
+def similarity_jsonl(path: Path, n: int, seed: int, long_every: int = 0) -> Path:
+    """Sentence pairs scored by how many words they share (a regression task)."""
+    rng = np.random.default_rng(seed)
+    vocabulary = POSITIVE + NEGATIVE + FILLER
+    with open(path, "w") as f:
+        for i in range(n):
+            a = list(rng.choice(vocabulary, 6, replace=False))
+            shared = int(rng.integers(0, 6))
+            b = a[:shared] + [w for w in rng.choice(vocabulary, 6) if w not in a][: 6 - shared]
+            text = " ".join(a) + (" the" * 300 if long_every and i % long_every == 0 else "")
+            record = {"text": text, "text_pair": " ".join(b), "label": shared / 1.2}
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def quick(**changes) -> EvaluateConfig:
+    fields = dict(seeds=2, epochs=4, batch_size=16, lr=1e-3, device="cpu", max_seq_len=48)
+    return EvaluateConfig(**{**fields, **changes})
+
+
+# -- intrinsic --------------------------------------------------------------------------------
+
+
+def test_intrinsic_metrics_equal_the_models_own_final_validation(tiny_shards, tiny_model):
+    """Training validated the first 4 batches of 16 at the fixed seed; so must we, exactly."""
+    store = ArtifactStore(tiny_shards.store_url)
+    manifest = store.require(tiny_model)
+    network, _ = load_pretrained(store, manifest)
+    dataset = validation_dataset(store, tiny_shards.shards_id, batch_size=16)
+    ours = intrinsic_metrics(network, dataset, nsp=True, device=__import__("torch").device("cpu"),
+                             max_batches=4)  # fmt: skip
+    theirs = manifest.stats["validation"]
+    assert ours["examples"] == theirs["examples"] == 64
+    for key in ("mlm_loss", "mlm_acc", "nsp_acc", "perplexity"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-4), key
+
+
+def test_intrinsic_metrics_do_not_depend_on_the_batch_size(tiny_shards, tiny_model):
+    import torch
+
+    store = ArtifactStore(tiny_shards.store_url)
+    network, _ = load_pretrained(store, store.require(tiny_model))
+    results = [
+        intrinsic_metrics(network, validation_dataset(store, tiny_shards.shards_id, size),
+                          nsp=True, device=torch.device("cpu"))  # fmt: skip
+        for size in (8, 64)
+    ]
+    total = store.require(tiny_shards.shards_id).stats["validation"]["examples"]
+    assert results[0]["examples"] == results[1]["examples"] == total
+    assert results[0]["masked_tokens"] == results[1]["masked_tokens"] > 0
+    for key in ("mlm_loss", "mlm_acc", "nsp_acc"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-5)
+
+
+# -- a whole evaluation -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_shards, tiny_model, tmp_path_factory):
+    """One evaluation of a classification and a pair-regression task, and the store it is in."""
+    folder = tmp_path_factory.mktemp("tasks")
+    tasks = [
+        TaskSpec(path=str(sentiment_csv(folder / "sentiment.csv", 240, seed=1)),
+                 text_field="sentence", label_field="sentiment"),
+        TaskSpec(path=str(similarity_jsonl(folder / "overlap.jsonl", 200, seed=2, long_every=20))),
+    ]  # fmt: skip
+    store = ArtifactStore(tiny_shards.store_url)
+    config = quick(tasks=tasks)
+    published = run_evaluation(store, tiny_model, config)
+    return store, published.manifest, config
+
+
+def test_evaluation_reports_every_metric_with_its_spread_and_baselines(evaluated, tiny_model):
+    store, manifest, config = evaluated
+    assert manifest.kind == "evaluation" and manifest.upstream == {"model": tiny_model}
+    stats = manifest.stats
+    assert stats["seeds"] == [0, 1]
+    assert {"mlm_loss", "mlm_acc", "perplexity", "nsp_acc", "examples"} <= stats["intrinsic"].keys()
+
+    sentiment = stats["tasks"]["sentiment"]
+    assert sentiment["problem"] == "classification" and sentiment["label_names"] == ["neg", "pos"]
+    assert sentiment["metrics"] == ["accuracy", "f1"]
+    assert sentiment["examples"] == {"train": 192, "evaluation": 48}  # a seeded 20% split
+    accuracy = sentiment["model"]["accuracy"]
+    assert len(accuracy["runs"]) == 2
+    assert accuracy["min"] <= accuracy["median"] <= accuracy["max"]
+    assert accuracy["median"] > 0.75  # the words decide the label: pretrained or not, it learns
+    assert set(sentiment["baselines"]) == {"tfidf", "random-init"}
+    assert len(sentiment["baselines"]["tfidf"]["accuracy"]["runs"]) == 1
+    assert sentiment["baselines"]["tfidf"]["accuracy"]["median"] > 0.9
+
+    overlap = stats["tasks"]["overlap"]
+    assert overlap["problem"] == "regression" and overlap["num_labels"] == 1
+    assert overlap["metrics"] == ["pearson", "spearman", "mse"]
+    assert -1 <= overlap["model"]["pearson"]["median"] <= 1
+    assert overlap["baselines"]["tfidf"]["pearson"]["median"] > 0.5
+
+
+def test_too_long_inputs_are_truncated_and_counted(evaluated):
+    _, manifest, _ = evaluated
+    overlap = manifest.stats["tasks"]["overlap"]
+    # every 20th of 200 rows carries 300 extra words; the seeded split decides which side each is
+    assert overlap["truncated"]["train"] + overlap["truncated"]["evaluation"] == 10
+    assert any("truncated" in w and w.startswith("overlap:") for w in manifest.stats["warnings"])
+    assert manifest.stats["tasks"]["sentiment"]["truncated"] == {"train": 0, "evaluation": 0}
+
+
+def test_artifact_holds_results_report_with_lineage_and_curves(evaluated, tiny_shards):
+    store, manifest, _ = evaluated
+    folder = store.local_path(manifest.id)
+    assert {f.path for f in manifest.files} == {"results.json", "report.md", "curves.png"}
+    assert (folder / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    results = json.loads((folder / "results.json").read_text())
+    assert results["tasks"] == manifest.stats["tasks"]
+    assert len(results["curves"]["sentiment"]["pretrained"]) == 2  # a loss curve per seed
+    assert len(results["epoch_scores"]["sentiment"]["random-init"][0]) == 4  # one per epoch
+    report = (folder / "report.md").read_text()
+    for upstream in (tiny_shards.corpus_id, tiny_shards.tokenizer_id, tiny_shards.shards_id):
+        assert upstream in report
+    assert "| sentiment | test (48) | accuracy |" in report
+    assert "TF-IDF" in report and "random init" in report
+    assert "preset tiny" in report  # the training recipe
+
+
+def test_evaluation_is_cached_and_byte_identical_when_rerun_elsewhere(
+    evaluated, tiny_model, tmp_path
+):
+    store, manifest, config = evaluated
+    assert run_evaluation(store, tiny_model, config).cached
+    copy = tmp_path / "store"
+    shutil.copytree(store.local_path(tiny_model).parents[1], copy,
+                    ignore=shutil.ignore_patterns("evaluation", ".staging", ".locks"))  # fmt: skip
+    other = ArtifactStore(str(copy))
+    again = build_and_publish(other, plan_evaluation(other, tiny_model, config)).manifest
+    assert again.id == manifest.id
+    assert [(f.path, f.sha256) for f in again.files] == [
+        (f.path, f.sha256) for f in manifest.files
+    ]
+
+
+def test_comparison_with_the_previous_evaluation_of_the_same_tasks(evaluated, tiny_model):
+    store, first, config = evaluated
+    second = run_evaluation(store, tiny_model, config.model_copy(update={"seed": 5})).manifest
+    assert second.id != first.id and second.layout["task_set"] == first.layout["task_set"]
+    assert previous_evaluation(store, second).id == first.id
+    assert previous_evaluation(store, first) is None
+    found = {c.metric: c for c in changes(first, second)}
+    accuracy = found["sentiment accuracy"]
+    assert accuracy.before == first.stats["tasks"]["sentiment"]["model"]["accuracy"]["median"]
+    assert accuracy.after == second.stats["tasks"]["sentiment"]["model"]["accuracy"]["median"]
+    assert found["intrinsic MLM loss"].delta == 0  # the same model on the same shards
+    assert found["intrinsic MLM loss"].verdict == "unchanged"
+
+    header, rows = comparison_table([first, second])
+    assert header == ["metric", first.id, second.id]
+    table = render_text_table(header, rows)
+    assert "sentiment accuracy" in table and "overlap pearson" in table
+
+
+# -- real data --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/sst2 is not here")
+def test_sst2_from_its_glue_folder_reports_test_accuracy(tiny_shards, tiny_model):
+    store = ArtifactStore(tiny_shards.store_url)
+    config = quick(tasks=[TaskSpec(path=str(SST2))], seeds=1, epochs=1, max_train_examples=1500,
+                   baselines=["tfidf"], intrinsic=False)  # fmt: skip
+    sst2 = run_evaluation(store, tiny_model, config).manifest.stats["tasks"]["sst2"]
+    assert sst2["evaluation_split"] == "test" and sst2["split_origin"] == "files"
+    assert sst2["examples"] == {"train": 6920, "evaluation": 1821}
+    assert 0.4 < sst2["model"]["accuracy"]["median"] < 0.9
+    assert 0.7 < sst2["baselines"]["tfidf"]["accuracy"]["median"] < 0.9
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_a_model_id_that_is_not_a_model_is_refused(tiny_shards):
+    store = ArtifactStore(tiny_shards.store_url)
+    with pytest.raises(StoreError, match="is a corpus artifact, not a model artifact"):
+        plan_evaluation(store, tiny_shards.corpus_id, EvaluateConfig())
+    with pytest.raises(StoreError, match="no artifact model-0000"):
+        plan_evaluation(store, "model-" + "0" * 20, EvaluateConfig())
+
+
+def test_a_bad_task_file_fails_before_any_work_and_publishes_nothing(
+    tiny_shards, tiny_model, tmp_path
+):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,stars\nfine words,1\n")
+    store = ArtifactStore(tiny_shards.store_url)
+    before = {m.id for m in store.list("evaluation")}
+    with pytest.raises(InputError, match=r"bad\.csv.*label"):
+        task = TaskSpec(path=str(bad), text_field="sentence")
+        plan_evaluation(store, tiny_model, quick(tasks=[task]))
+    assert {m.id for m in store.list("evaluation")} == before
+
+
+def test_config_errors_name_the_field(tiny_shards, tiny_model):
+    with pytest.raises(ValidationError, match="seeds"):
+        EvaluateConfig(seeds=0)
+    with pytest.raises(ValidationError, match="baselines"):
+        EvaluateConfig(baselines=["tfidf", "tfidf"])
+    with pytest.raises(ValidationError, match="baselines"):
+        EvaluateConfig(baselines=["bag-of-words"])
+    store = ArtifactStore(tiny_shards.store_url)
+    with pytest.raises(InputError, match="--max-seq-len 4096 is longer than"):
+        plan_evaluation(store, tiny_model, EvaluateConfig(max_seq_len=4096))
+
+
+def test_default_fine_tuning_rate_follows_the_encoder_width():
+    """1e-3 suits the tiny preset; (128/H)^2 brings BERT-base into its paper's 2e-5..5e-5."""
+    config = EvaluateConfig()
+    assert config.resolved_lr(128) == 1e-3
+    assert 2e-5 <= config.resolved_lr(768) <= 5e-5
+    assert EvaluateConfig(lr=3e-4).resolved_lr(768) == 3e-4
