@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", metavar="EVALUATION_ID",
         help="print an evaluation's report (lineage, metrics beside baselines) and exit",
     )
+
+    run = commands.add_parser(
+        "run", parents=[common], help="the whole pipeline: ingest -> ... -> evaluate",
+        description="Run the pretraining pipeline as one Prefect flow, every stage cached by "
+        "its artifact id, then print the evaluation's lineage.",
+    )  # fmt: skip
+    _add_pipeline_config(run)
+    run.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config as YAML (to edit and pass to --config)",
+    )  # fmt: skip
+    _add_json(run)
+    run.set_defaults(handler=_run)
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="serve the pipeline and stage deployments",
+        description="Serve deployments of the pipeline and of each stage flow against the "
+        "Prefect server at PREFECT_API_URL: run them from the UI, on a schedule, or on events.",
+    )  # fmt: skip
+    _add_pipeline_config(serve)
+    serve.add_argument(
+        "--cron", default="0 3 * * 0",
+        help="the pipeline's retraining schedule (default: Sundays 03:00)",
+    )  # fmt: skip
+    serve.add_argument("--timezone", default="UTC", help="of the cron schedule")
+    serve.add_argument(
+        "--schedule-active", action="store_true",
+        help="turn the schedule on (default: off until turned on in the UI)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--automation", action="store_true",
+        help="enable the automation that runs the pipeline on each new corpus (default: off)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--concurrency", type=int, default=1, metavar="N",
+        help="pipeline (and pretrain) runs at once per deployment (default 1)",
+    )  # fmt: skip
+    serve.set_defaults(handler=_serve)
 
     export = commands.add_parser(
         "export", parents=[common], help="write a model's HuggingFace folder",
@@ -335,6 +374,87 @@ def _print_beside_previous(store: ArtifactStore, manifest: Any) -> None:
     if previous is not None:
         print(f"(left: the previous evaluation of these tasks; compare more with "
               f"bertflow evaluate --compare {previous.id} {manifest.id} ...)")
+
+
+def _add_pipeline_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="YAML",
+        help="pipeline config; sections it leaves out keep the preset's",
+    )  # fmt: skip
+    parser.add_argument("--preset", choices=["demo", "bert-base"], default="demo",
+                        help="the config to start from (default: demo)")  # fmt: skip
+
+
+def _pipeline_config(args: argparse.Namespace) -> Any:
+    from bertflow.flows.pipeline_config import load_config, preset
+
+    config = preset(args.preset)
+    if args.config:
+        config = load_config(args.config, base=config)
+    if getattr(args, "store", None):
+        config = config.model_copy(update={"store": args.store})
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _pipeline_config(args)
+    if args.print_config:
+        from bertflow.flows.pipeline_config import to_yaml
+
+        print(to_yaml(config), end="")
+        return 0
+    from bertflow.flows.pipeline import pretraining_pipeline
+
+    result = pretraining_pipeline(config=config)
+    store = ArtifactStore(config.store)
+    if args.json:
+        sys.stdout.flush()
+        stages = {name: s.model_dump(mode="json") for name, s in result.stages.items()}
+        print(json.dumps({"evaluation": result.evaluation.id, "stages": stages}), flush=True)
+        return 0
+    print()
+    for name, stage in result.stages.items():
+        print(f"{name:<11} {stage.id}  {'cached' if stage.cached else 'made'}")
+    evaluation = result.evaluation.id
+    print(f"\n{render(lineage(store, evaluation))}")
+    _print_beside_previous(store, store.require(evaluation))
+    print(f"\nnext: bertflow evaluate --show {evaluation}   (metrics beside baselines)")
+    print(f"      bertflow export {result.stages[_last_model(result)].id} --out DIR   "
+          "(the model for transformers)")
+    print(f"      artifacts: {store.url}")
+    if os.environ.get("PREFECT_API_URL"):
+        ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
+        print(f"      Prefect UI: {ui}/artifacts/key/{evaluation}")
+    return 0
+
+
+def _last_model(result: Any) -> str:
+    return [name for name in result.stages if name.startswith("pretrain-")][-1]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            "bertflow serve: no Prefect server to serve to. Start one and point at it:\n"
+            "  prefect server start            # UI and API on http://127.0.0.1:4200\n"
+            "  export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
+        return 2
+    if args.concurrency < 1:
+        print("bertflow serve: --concurrency: must be at least 1", file=sys.stderr)
+        return 2
+    from prefect import serve
+
+    from bertflow.flows.deployments import ServeOptions, deployments
+
+    options = ServeOptions(
+        config=_pipeline_config(args), cron=args.cron, timezone=args.timezone,
+        schedule_active=args.schedule_active, automation=args.automation,
+        concurrency=args.concurrency,
+    )  # fmt: skip
+    serve(*deployments(options))
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from bertflow.flows.records import progress_callbacks
@@ -11,6 +12,8 @@ from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
 from bertflow.pipeline.ingest import IngestConfig, IngestPlan, build_and_publish, plan_ingest
 from bertflow.pipeline.store import ArtifactStore
+
+CORPUS_EVENT = "bertflow.corpus.published"
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -33,11 +36,29 @@ def ingest_flow(config: IngestConfig, store_url: str | None = None) -> StageResu
         callbacks = progress_callbacks(f"ingesting {len(the_plan.files)} files")
         return build_and_publish(the_plan, store, callbacks, flow_run_id=flow_run.get_id())
 
-    return cached_or_built(
+    result = cached_or_built(
         store,
         the_plan.artifact_id,
         "Corpus",
         build,
         upstream={},
         input_uris=[i.uri for i in the_plan.inputs],
+    )
+    if not result.cached:
+        announce_corpus(result, config)
+    return result
+
+
+def announce_corpus(result: StageResult, config: IngestConfig) -> None:
+    """A `bertflow.corpus.published` event for a new corpus, which an automation can turn into
+    a pipeline run. Its resource says whether a pipeline made it (a subflow), so the automation
+    reacts only to corpora ingested on their own and never starts a second run for one corpus."""
+    origin = "pipeline" if flow_run.get_parent_flow_run_id() else "ingest"
+    emit_event(
+        event=CORPUS_EVENT,
+        resource={"prefect.resource.id": f"bertflow.artifact.{result.id}",
+                  "prefect.resource.name": result.id, "bertflow.kind": "corpus",
+                  "bertflow.origin": origin},  # fmt: skip
+        payload={"corpus_id": result.id, "uri": result.uri, "sources": config.sources,
+                 "documents": result.stats.get("documents", {})},  # fmt: skip
     )

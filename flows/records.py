@@ -22,6 +22,7 @@ from prefect.artifacts import (
 )
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import get_current_settings
 from prefect.tasks import MaterializingTask
 from prefect.types.names import validate_valid_asset_key
 
@@ -93,6 +94,14 @@ def record_artifact(
     )
 
 
+def artifact_link(artifact_id: str) -> str:
+    """A markdown link to the artifact's keyed Prefect artifact (the UI's /artifacts/key/ page),
+    so the open-source UI walks the lineage one click at a time."""
+    ui = get_current_settings().ui_url
+    base = ui.rstrip("/") if ui else ""
+    return f"[`{artifact_id}`]({base}/artifacts/key/{artifact_id})"
+
+
 def summary_markdown(store: ArtifactStore, published: Published, title: str) -> str:
     m = published.manifest
     lines = [
@@ -109,7 +118,8 @@ def summary_markdown(store: ArtifactStore, published: Published, title: str) -> 
     ]
     if m.upstream:
         lines += [
-            f"- {role}: `{up}` — `{store.uri(up)}`" for role, up in sorted(m.upstream.items())
+            f"- {role}: {artifact_link(up)} — `{store.uri(up)}`"
+            for role, up in sorted(m.upstream.items())
         ]
     else:
         lines.append(f"- raw inputs only ({len(m.inputs)} files)")

@@ -92,18 +92,25 @@ def summarize(manifest: Manifest) -> str:
 def render(tree: dict[str, Any]) -> str:
     """The lineage tree as indented text for a terminal."""
     lines: list[str] = []
-    _render(tree, prefix="", is_last=True, is_root=True, lines=lines)
+    _render(tree, prefix="", is_last=True, is_root=True, lines=lines, shown=set())
     return "\n".join(lines)
 
 
 def _render(
-    node: dict[str, Any], prefix: str, is_last: bool, is_root: bool, lines: list[str]
+    node: dict[str, Any], prefix: str, is_last: bool, is_root: bool, lines: list[str],
+    shown: set[str],
 ) -> None:
+    """One node and its subtree; a node already drawn (a corpus under both the shards and
+    their tokenizer) is named again but not expanded."""
     branch = "" if is_root else ("└── " if is_last else "├── ")
     role = f"{node['role']}: " if node.get("role") else ""
     if node.get("missing"):
         lines.append(f"{prefix}{branch}{role}{node['id']}  (missing from the store)")
         return
+    if node["id"] in shown:
+        lines.append(f"{prefix}{branch}{role}{node['id']}  (shown above)")
+        return
+    shown.add(node["id"])
     lines.append(f"{prefix}{branch}{role}{node['id']}  [{node['created']}]  {node['summary']}")
     child_prefix = prefix + ("" if is_root else ("    " if is_last else "│   "))
     inputs = node["inputs"]
@@ -113,7 +120,7 @@ def _render(
     for i, (what, child) in enumerate(children):
         last = i == len(children) - 1
         if what == "node":
-            _render(child, child_prefix, last, False, lines)
+            _render(child, child_prefix, last, False, lines, shown)
         else:
             _render_inputs(child, child_prefix, last, lines)
 

@@ -1,0 +1,80 @@
+"""Deployments of the pipeline and of each stage flow, for `bertflow serve`.
+
+Served deployments run in the serving process: a user opens one in the Prefect UI, fills in the
+form its config renders, and runs it. The pipeline deployment carries a cron schedule (inactive
+until the user turns it on) whose runs re-ingest the configured sources, cheap when nothing
+changed because every stage is cached by content, and an automation (off by default) that runs
+the pipeline on each corpus ingested on its own. The pipeline and pretrain deployments run at
+most `concurrency` runs at a time; later ones wait (Prefect's deployment concurrency limit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.schedules import Cron
+
+from bertflow.flows.evaluate import evaluate_flow
+from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
+from bertflow.flows.pipeline import pretraining_pipeline
+from bertflow.flows.pipeline_config import PipelineConfig
+from bertflow.flows.pretrain import pretrain_flow
+from bertflow.flows.shards import shard_flow
+from bertflow.flows.tokenizer import tokenizer_flow
+
+DEPLOYMENT = "bertflow"
+TAGS = ["bertflow"]
+AUTOMATION = "bertflow: pretrain on each new corpus"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+    """The pipeline deployment's default parameters (the form's initial values)."""
+    cron: str = "0 3 * * 0"
+    """When scheduled retraining runs (Sundays at 03:00); inactive until turned on."""
+    timezone: str = "UTC"
+    schedule_active: bool = False
+    automation: bool = False
+    """Whether the new-corpus automation is enabled when it is created."""
+    concurrency: int = 1
+    """Runs of the pipeline (and of pretrain) at once per deployment; later ones queue."""
+
+
+def deployments(options: ServeOptions) -> list[RunnerDeployment]:
+    """The pipeline deployment first, then one per stage flow, all named `bertflow`."""
+    parameters = {"config": options.config.model_dump(mode="json")}
+    limit = ConcurrencyLimitConfig(limit=options.concurrency,
+                                   collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)  # fmt: skip
+    pipeline = pretraining_pipeline.to_deployment(
+        name=DEPLOYMENT, tags=TAGS, parameters=parameters, concurrency_limit=limit,
+        description="Ingest -> tokenizer -> shard -> pretrain -> evaluate, each stage cached.",
+        schedules=[Cron(options.cron, timezone=options.timezone, active=options.schedule_active,
+                        parameters=parameters)],
+        triggers=[new_corpus_trigger(options)],
+    )  # fmt: skip
+    stages = [
+        ingest_flow.to_deployment(name=DEPLOYMENT, tags=TAGS,
+                                  parameters={"config": parameters["config"]["ingest"]}),
+        tokenizer_flow.to_deployment(name=DEPLOYMENT, tags=TAGS),
+        shard_flow.to_deployment(name=DEPLOYMENT, tags=TAGS),
+        pretrain_flow.to_deployment(name=DEPLOYMENT, tags=TAGS, concurrency_limit=limit),
+        evaluate_flow.to_deployment(name=DEPLOYMENT, tags=TAGS),
+    ]  # fmt: skip
+    return [pipeline, *stages]
+
+
+def new_corpus_trigger(options: ServeOptions) -> DeploymentEventTrigger:
+    """Run the pipeline on a corpus when one is ingested on its own (not by a pipeline run,
+    which trains on its corpus anyway), with the served config and that corpus."""
+    config: dict[str, Any] = options.config.model_dump(mode="json")
+    config["corpus_id"] = "{{ event.payload.corpus_id }}"
+    return DeploymentEventTrigger(
+        name=AUTOMATION, enabled=options.automation,
+        description="Starts the pretraining pipeline for each corpus `bertflow ingest` publishes.",
+        expect={CORPUS_EVENT}, match={"bertflow.origin": "ingest"}, parameters={"config": config},
+    )  # fmt: skip

@@ -1,0 +1,142 @@
+"""The whole pipeline as one flow against a real Prefect server: every stage, caching by
+content, an S3 store, a failing stage, and the corpus events that drive retraining."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
+from bertflow.flows.pipeline import pretraining_pipeline
+from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.lineage import lineage
+from bertflow.pipeline.store import ArtifactStore
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+STAGES = ["ingest", "tokenizer", "shard-1", "pretrain-1", "evaluate"]
+KINDS = ["corpus", "tokenizer", "shards", "model", "evaluation"]
+
+
+@pytest.fixture(autouse=True)
+def runs_folder(tmp_path, monkeypatch):
+    """Training run folders (checkpoints, logs) under the test's folder."""
+    monkeypatch.setenv("BERTFLOW_RUNS", str(tmp_path / "runs"))
+
+
+def chain(store: ArtifactStore, evaluation_id: str) -> list[str]:
+    """Kinds from the evaluation down its first upstream link to the raw inputs."""
+    kinds, node = [], lineage(store, evaluation_id)
+    while node:
+        kinds.append(node["kind"])
+        node = next((up for up in node["upstream"] if up["role"] != "tokenizer"), None)
+    return kinds
+
+
+def test_every_stage_runs_then_a_rerun_is_cached_and_changes_rerun_only_downstream(
+    pipeline_config, tmp_path, prefect_records
+):
+    store = ArtifactStore(str(tmp_path / "store"))
+    config = pipeline_config(store.url, tmp_path)
+    state = pretraining_pipeline(config=config, return_state=True)
+    first = state.result()
+    assert list(first.stages) == STAGES
+    assert [s.kind for s in first.stages.values()] == KINDS
+    assert not any(s.cached for s in first.stages.values())
+    evaluation = store.require(first.evaluation.id)
+    assert evaluation.upstream == {"model": first.stages["pretrain-1"].id}
+    assert chain(store, evaluation.id) == ["evaluation", "model", "shards", "corpus"]
+    summary = prefect_records.artifacts(state.state_details.flow_run_id, "markdown")
+    assert len(summary) == 1 and first.evaluation.id in summary[0]["data"]
+    assert f"/artifacts/key/{first.stages['tokenizer'].id}" in summary[0]["data"]  # links
+    report = prefect_records.keyed(first.evaluation.id)["data"]
+    for stage in first.stages.values():  # the evaluation's report shows the whole chain
+        assert stage.id in report
+
+    again = pretraining_pipeline(config=config)
+    assert all(s.cached for s in again.stages.values())
+    assert {n: s.id for n, s in again.stages.items()} == {n: s.id for n, s in first.stages.items()}
+
+    longer = config.model_copy(update={"phases": [config.phases[0].model_copy(update={
+        "pretrain": config.phases[0].pretrain.model_copy(update={"max_steps": 14})})]})
+    retrained = pretraining_pipeline(config=longer)
+    assert {n: s.cached for n, s in retrained.stages.items()} == {
+        "ingest": True, "tokenizer": True, "shard-1": True, "pretrain-1": False, "evaluate": False,
+    }  # fmt: skip
+
+    other_corpus = config.model_copy(update={"ingest": config.ingest.model_copy(
+        update={"validation_fraction": 0.2})})  # fmt: skip
+    reingested = pretraining_pipeline(config=other_corpus)
+    assert not any(s.cached for s in reingested.stages.values())
+
+
+def test_the_pipeline_end_to_end_on_an_s3_store(pipeline_config, s3_env, tmp_path):
+    result = pretraining_pipeline(config=pipeline_config(s3_env, tmp_path))
+    store = ArtifactStore(s3_env)
+    for stage in result.stages.values():
+        assert stage.uri.startswith(s3_env.replace("/store", "")), stage.uri
+        assert store.verify(stage.id) == [], stage.id
+    assert chain(store, result.evaluation.id) == ["evaluation", "model", "shards", "corpus"]
+    assert store.fs.exists(f"{store.root}/evaluation/{result.evaluation.id}/curves.png")
+
+
+def test_a_failed_stage_fails_the_run_keeps_earlier_artifacts_and_the_rerun_resumes_there(
+    pipeline_config, tmp_path
+):
+    store = ArtifactStore(str(tmp_path / "store"))
+    good = pipeline_config(store.url, tmp_path)
+    phase = good.phases[0]
+    bad = good.model_copy(update={"phases": [phase.model_copy(update={
+        "pretrain": phase.pretrain.model_copy(update={"batch_size": 100_000})})]})
+    state = pretraining_pipeline(config=bad, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match="--batch-size"):
+        state.result()
+    kept = {m.kind: m.id for m in store.list()}
+    assert set(kept) == {"corpus", "tokenizer", "shards"}  # nothing of pretrain or later
+    assert all(store.verify(i) == [] for i in kept.values())
+    staging = tmp_path / "store" / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+
+    resumed = pretraining_pipeline(config=good)
+    assert {n: s.cached for n, s in resumed.stages.items()} == {
+        "ingest": True, "tokenizer": True, "shard-1": True, "pretrain-1": False, "evaluate": False,
+    }  # fmt: skip
+    assert resumed.stages["ingest"].id == kept["corpus"]
+
+
+def corpus_events(corpus_id: str, timeout_s: float = 30.0) -> list:
+    """The corpus events the server holds for this corpus (events arrive shortly after)."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(
+                filter=EventFilter(event=EventNameFilter(name=[CORPUS_EVENT])), limit=50
+            ).events
+            found = [e for e in events if e.payload.get("corpus_id") == corpus_id]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+
+def test_ingesting_a_new_corpus_emits_an_event_saying_who_ingested_it(pipeline_config, tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    config = pipeline_config(store.url, tmp_path)
+    # corpora no other test makes, so the server holds no other events for them
+    alone_config = config.ingest.model_copy(update={"min_sentence_chars": 3})
+    alone = ingest_flow(config=alone_config, store_url=store.url)
+    events = corpus_events(alone.id)
+    assert len(events) == 1
+    assert events[0].resource["bertflow.origin"] == "ingest"
+    assert events[0].resource.id == f"bertflow.artifact.{alone.id}"
+    assert events[0].payload["sources"] == ["demo-small"]
+    assert ingest_flow(config=alone_config, store_url=store.url).cached
+    assert len(corpus_events(alone.id, timeout_s=2)) == 1  # a cached corpus is not news
+
+    other = config.model_copy(update={"ingest": config.ingest.model_copy(
+        update={"min_sentence_chars": 4})})  # fmt: skip
+    run = pretraining_pipeline(config=other)
+    events = corpus_events(run.stages["ingest"].id)
+    assert [e.resource["bertflow.origin"] for e in events] == ["pipeline"]

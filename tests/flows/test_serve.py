@@ -1,0 +1,159 @@
+"""`bertflow serve` against a real Prefect server: the deployments, their schedule, concurrency
+limit and automation as configured, and runs created through the API as the UI's form does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import get_current_settings
+
+from bertflow.flows.cli import main
+from bertflow.flows.deployments import AUTOMATION
+from bertflow.flows.ingest import CORPUS_EVENT
+from bertflow.flows.pipeline_config import to_yaml
+from bertflow.pipeline.store import ArtifactStore
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+STAGE_FLOWS = ["ingest", "tokenizer", "shard", "pretrain", "evaluate"]
+
+
+def poll(check: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+
+
+def deployment(name: str) -> Any:
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(name)
+        except Exception:
+            return None
+
+
+def wait_for_run(flow_run_id: Any, timeout_s: float) -> Any:
+    with get_client(sync_client=True) as client:
+        def final() -> Any:
+            run = client.read_flow_run(flow_run_id)
+            return run if run.state and run.state.is_final() else None
+
+        return poll(final, timeout_s, every_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def served(pipeline_config, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """`bertflow serve` in its own process group (as a user runs it), for this module's tests."""
+    tmp_path = tmp_path_factory.mktemp("served")
+    store = ArtifactStore(str(tmp_path / "store"))
+    config = pipeline_config(store.url, tmp_path)
+    path = tmp_path / "served.yaml"
+    path.write_text(to_yaml(config))
+    env = {
+        **os.environ, "PREFECT_API_URL": str(get_current_settings().api.url),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1", "BERTFLOW_RUNS": str(tmp_path / "runs"),
+    }  # fmt: skip
+    log = tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "bertflow.flows.cli", "serve", "--config", str(path),
+            "--cron", "30 4 * * 1", "--timezone", "Europe/Paris"]  # fmt: skip
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        found = poll(lambda: deployment("evaluate/bertflow"), 120)
+        assert found, f"nothing was served:\n{log.read_text()[-3000:]}"
+        yield {"config": config, "store": store, "log": log}
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
+    pipeline = deployment("pretraining-pipeline/bertflow")
+    assert pipeline is not None
+    for name in STAGE_FLOWS:
+        assert deployment(f"{name}/bertflow") is not None, name
+    [schedule] = pipeline.schedules
+    assert not schedule.active  # inactive until the user turns it on
+    assert schedule.schedule.cron == "30 4 * * 1" and schedule.schedule.timezone == "Europe/Paris"
+    assert schedule.parameters["config"]["ingest"]["sources"] == ["demo-small"]  # re-ingests
+    assert pipeline.global_concurrency_limit.limit == 1
+    assert deployment("pretrain/bertflow").global_concurrency_limit.limit == 1
+    assert pipeline.parameters["config"] == served["config"].model_dump(mode="json")
+
+    with get_client(sync_client=True) as client:
+        [automation] = client.read_automations_by_name(AUTOMATION)
+    assert not automation.enabled  # off by default
+    assert automation.trigger.expect == {CORPUS_EVENT}
+    assert automation.trigger.match.model_dump()["bertflow.origin"] == "ingest"
+    [action] = automation.actions
+    assert action.type == "run-deployment" and action.deployment_id == pipeline.id
+    config = action.parameters["config"]
+    assert "event.payload.corpus_id" in str(config["corpus_id"])
+    assert config["tokenizer"] == served["config"].tokenizer.model_dump(mode="json")
+
+
+def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served, prefect_records):
+    pipeline = deployment("pretraining-pipeline/bertflow")
+    store: ArtifactStore = served["store"]
+    parameters = {"config": served["config"].model_dump(mode="json")}
+    parameters["config"]["evaluate"]["seeds"] = 2  # what a user changes in the form
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(pipeline.id, parameters=parameters)
+    done = wait_for_run(run.id, 300)
+    assert done is not None, f"the run did not finish:\n{served['log'].read_text()[-3000:]}"
+    assert done.state.is_completed(), served["log"].read_text()[-3000:]
+    [evaluation] = store.list("evaluation")
+    assert evaluation.stats["seeds"] == [0, 1]
+    assert {m.kind for m in store.list()} == {"corpus", "tokenizer", "shards", "model",
+                                              "evaluation"}  # fmt: skip
+    [summary] = prefect_records.artifacts(run.id, "markdown")
+    assert evaluation.id in summary["data"] and "| no |" in summary["data"]
+    report = prefect_records.keyed(evaluation.id)["data"]
+    assert store.require(evaluation.upstream["model"]).upstream["shards"] in report
+
+    with get_client(sync_client=True) as client:
+        again = client.create_flow_run_from_deployment(pipeline.id, parameters=parameters)
+    done = wait_for_run(again.id, 120)
+    assert done is not None and done.state.is_completed()
+    [summary] = prefect_records.artifacts(again.id, "markdown")
+    assert summary["data"].count("| yes |") == 5 and "| no |" not in summary["data"]
+    assert len(store.list()) == 5
+
+
+def test_a_bad_value_in_the_form_is_rejected_naming_the_field(served):
+    pipeline = deployment("pretraining-pipeline/bertflow")
+    parameters = {"config": served["config"].model_dump(mode="json")}
+    parameters["config"]["phases"][0]["pretrain"]["max_steps"] = 0
+    with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError) as error:
+        client.create_flow_run_from_deployment(pipeline.id, parameters=parameters)
+    assert "max_steps" in str(error.value.response.text)
+
+
+def test_serve_without_a_server_says_how_to_start_one(monkeypatch, capsys):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "prefect server start" in err and "PREFECT_API_URL=http://127.0.0.1:4200/api" in err
+
+
+def test_serve_refuses_a_concurrency_below_one(monkeypatch, capsys):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert main(["serve", "--concurrency", "0"]) == 2
+    assert "--concurrency" in capsys.readouterr().err
