@@ -18,26 +18,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-ID = $(BIN)/python -c 'import json, sys; print(json.loads(sys.stdin.read().splitlines()[-1])["id"])'
+# The whole pipeline on the built-in corpus (the demo preset: the tiny model, a few minutes on a
+# CPU, fine-tuned on SST-2 when ../shared/data/sst2 is beside the checkout), ending with the
+# evaluation's lineage and where to look next. PIPELINE_OPTIONS="--config my.yaml" changes it.
+PIPELINE_OPTIONS ?=
 
-# The tiny preset for a few minutes of CPU: enough for the loss to fall well below its start.
-DEMO_TRAINING ?= --preset tiny --max-steps 300 --batch-size 32 --lr 1e-3 --warmup-steps 30 --val-every 100 --checkpoint-every 100
-
-# SST-2 (GLUE layout) for the demo's downstream task, where the checkout has it beside it.
-SST2 ?= ../shared/data/sst2
-DEMO_EVALUATION ?= $(if $(wildcard $(SST2)/train.tsv),--task $(SST2)) --max-train-examples 2000
-
-# Every stage on the built-in corpus, then the lineage of the evaluation they made.
 demo: $(STAMP)
-	@corpus=$$($(BIN)/bertflow ingest demo --json | $(ID)) && \
-	tokenizer=$$($(BIN)/bertflow tokenizer --corpus $$corpus --json | $(ID)) && \
-	shards=$$($(BIN)/bertflow shard --corpus $$corpus --tokenizer $$tokenizer --json | $(ID)) && \
-	model=$$($(BIN)/bertflow pretrain --shards $$shards $(DEMO_TRAINING) --json | $(ID)) && \
-	evaluation=$$($(BIN)/bertflow evaluate --model $$model $(DEMO_EVALUATION) --json | $(ID)) && \
-	echo && $(BIN)/bertflow lineage $$evaluation && \
-	echo && $(BIN)/bertflow evaluate --show $$evaluation && \
-	echo && echo "artifacts are in $${BERTFLOW_STORE:-~/.bertflow/store}; report: .venv/bin/bertflow artifacts show $$evaluation" && \
-	echo "HuggingFace folder: .venv/bin/bertflow export $$model --out demo-bert/"
+	$(BIN)/bertflow run --preset demo $(PIPELINE_OPTIONS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -314,11 +314,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from bertflow.model.evaluate import EvaluateConfig
-    from bertflow.model.evaluation_report import (
-        comparison_table,
-        downstream_table,
-        render_text_table,
-    )
+    from bertflow.model.evaluation_report import comparison_table, render_text_table
     from bertflow.pipeline.downstream import TaskSpec
 
     if args.show:
@@ -349,19 +345,24 @@ def _evaluate(args: argparse.Namespace) -> int:
         return evaluate_flow(model_id=args.model, config=config, store_url=store.url)
 
     def show(store: ArtifactStore, result: Any) -> None:
-        """The evaluation's numbers, beside the previous evaluation of the same tasks."""
-        manifest = store.require(result.id)
-        if manifest.stats["tasks"]:
-            header, rows = downstream_table(manifest.stats["tasks"], manifest.config)
-            print("\n" + render_text_table(header, rows, text_columns=3))
-        _print_beside_previous(store, manifest)
-        print(f"  report: bertflow evaluate --show {manifest.id}")
+        _print_evaluation(store, store.require(result.id))
+        print(f"  report: bertflow evaluate --show {result.id}")
 
     return _run_stage(args, run, show)
 
 
+def _print_evaluation(store: ArtifactStore, manifest: Any) -> None:
+    """The downstream table beside the baselines, then the headline numbers beside the previous
+    evaluation of the same tasks."""
+    from bertflow.model.evaluation_report import downstream_table, render_text_table
+
+    if manifest.stats["tasks"]:
+        header, rows = downstream_table(manifest.stats["tasks"], manifest.config)
+        print("\n" + render_text_table(header, rows, text_columns=3))
+    _print_beside_previous(store, manifest)
+
+
 def _print_beside_previous(store: ArtifactStore, manifest: Any) -> None:
-    """The evaluation's headline numbers beside the previous evaluation of the same tasks."""
     from bertflow.model.evaluation_report import (
         comparison_table,
         previous_evaluation,
@@ -417,7 +418,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{name:<11} {stage.id}  {'cached' if stage.cached else 'made'}")
     evaluation = result.evaluation.id
     print(f"\n{render(lineage(store, evaluation))}")
-    _print_beside_previous(store, store.require(evaluation))
+    _print_evaluation(store, store.require(evaluation))
     print(f"\nnext: bertflow evaluate --show {evaluation}   (metrics beside baselines)")
     print(f"      bertflow export {result.stages[_last_model(result)].id} --out DIR   "
           "(the model for transformers)")

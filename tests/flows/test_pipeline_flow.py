@@ -3,14 +3,17 @@ content, an S3 store, a failing stage, and the corpus events that drive retraini
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
+from bertflow.flows.cli import main
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.flows.pipeline import pretraining_pipeline
+from bertflow.flows.pipeline_config import to_yaml
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.lineage import lineage
 from bertflow.pipeline.store import ArtifactStore
@@ -140,3 +143,24 @@ def test_ingesting_a_new_corpus_emits_an_event_saying_who_ingested_it(pipeline_c
     run = pretraining_pipeline(config=other)
     events = corpus_events(run.stages["ingest"].id)
     assert [e.resource["bertflow.origin"] for e in events] == ["pipeline"]
+
+
+def test_bertflow_run_prints_the_stages_the_lineage_and_where_to_look_next(
+    pipeline_config, tmp_path, capsys
+):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(to_yaml(pipeline_config(str(tmp_path / "store"), tmp_path)))
+    assert main(["run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    evaluation = next(w for w in out.split() if w.startswith("evaluation-"))
+    for stage in STAGES:
+        assert f"\n{stage} " in out, stage
+    assert f"\n{evaluation}  [" in out  # the lineage tree, rooted at the evaluation
+    assert "├── model: model-" in out and "corpus: corpus-" in out
+    assert "TF-IDF" in out  # the downstream table beside its baseline
+    assert f"next: bertflow evaluate --show {evaluation}" in out
+
+    assert main(["run", "--config", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["evaluation"] == evaluation
+    assert all(stage["cached"] for stage in result["stages"].values())
