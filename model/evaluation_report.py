@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bertflow.model.metrics import HIGHER_IS_BETTER
-from bertflow.model.report import read_history
+from bertflow.model.report import plot_pretraining_losses, read_history
 from bertflow.pipeline.lineage import lineage
 from bertflow.pipeline.manifest import Manifest
 from bertflow.pipeline.store import ArtifactStore
@@ -295,12 +295,7 @@ def plot_curves(
 
     history = _model_history(store, model)
     fig, (left, right, scores) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
-    for key, label in (("train/loss", "train loss (MLM + NSP)"), ("train/mlm_loss", "train MLM"),
-                       ("val/mlm_loss", "validation MLM")):  # fmt: skip
-        points = [(r["step"], r[key]) for r in history if key in r and math.isfinite(r[key])]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            left.plot(xs, ys, marker="o" if key.startswith("val") else None, label=label)
+    plot_pretraining_losses(left, history)
     left.set(title="pretraining", xlabel="step", ylabel="loss")
     for task, by_label in curves.items():
         for label, runs in by_label.items():

@@ -164,6 +164,16 @@ def _stats(
     return stats
 
 
+def plot_pretraining_losses(ax: Any, history: list[dict[str, float]]) -> None:
+    """Train loss, train MLM loss and validation MLM loss against the step, on `ax`."""
+    for key, label in (("train/loss", "train loss (MLM + NSP)"), ("train/mlm_loss", "train MLM"),
+                       ("val/mlm_loss", "validation MLM")):  # fmt: skip
+        points = [(r["step"], r[key]) for r in history if key in r and math.isfinite(r[key])]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if key.startswith("val") else None, label=label)
+
+
 def plot_losses(history: list[dict[str, float]], out: Path, title: str) -> None:
     """Training and validation loss against the step, as a PNG."""
     import matplotlib
@@ -172,12 +182,7 @@ def plot_losses(history: list[dict[str, float]], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for key, label in (("train/loss", "train loss (MLM + NSP)"), ("train/mlm_loss", "train MLM"),
-                       ("val/mlm_loss", "validation MLM")):  # fmt: skip
-        points = [(r["step"], r[key]) for r in history if key in r and math.isfinite(r[key])]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o" if key.startswith("val") else None, label=label)
+    plot_pretraining_losses(ax, history)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9)
