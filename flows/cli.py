@@ -447,14 +447,24 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from prefect import serve
 
-    from bertflow.flows.deployments import ServeOptions, deployments
+    from bertflow.flows.deployments import AUTOMATION, ServeOptions, deployments
 
     options = ServeOptions(
         config=_pipeline_config(args), cron=args.cron, timezone=args.timezone,
         schedule_active=args.schedule_active, automation=args.automation,
         concurrency=args.concurrency,
     )  # fmt: skip
-    serve(*deployments(options))
+    served = deployments(options)
+    api = os.environ["PREFECT_API_URL"]
+    state = "active" if options.schedule_active else "inactive: turn it on in the UI"
+    print(f"serving to {api}:\n"
+          f"  {served[0].flow_name}/{served[0].name}: cron '{options.cron}' ({options.timezone}),"
+          f" {state}; at most {options.concurrency} run(s) at a time; automation "
+          f"'{AUTOMATION}' {'on' if options.automation else 'off'}\n"
+          f"  stages: {', '.join(f'{d.flow_name}/{d.name}' for d in served[1:])}\n"
+          f"run them from {api.removesuffix('/api')}/deployments (Run -> Custom run shows the "
+          f"form); Ctrl-C stops serving", flush=True)  # fmt: skip
+    serve(*served)
     return 0
 
 

@@ -164,3 +164,24 @@ def test_bertflow_run_prints_the_stages_the_lineage_and_where_to_look_next(
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["evaluation"] == evaluation
     assert all(stage["cached"] for stage in result["stages"].values())
+
+
+def test_a_second_phase_trains_longer_sequences_from_the_first_phases_model(
+    pipeline_config, tmp_path
+):
+    """BERT's recipe in miniature: 64-token shards, then 96-token shards from that model."""
+    store = ArtifactStore(str(tmp_path / "store"))
+    config = pipeline_config(store.url, tmp_path)
+    first = config.phases[0]
+    second = first.model_copy(update={
+        "shard": first.shard.model_copy(update={"max_seq_len": 96}),
+        "pretrain": first.pretrain.model_copy(update={"max_steps": 6, "batch_size": 8}),
+    })  # fmt: skip
+    result = pretraining_pipeline(config=config.model_copy(update={"phases": [first, second]}))
+    assert list(result.stages) == ["ingest", "tokenizer", "shard-1", "pretrain-1", "shard-2",
+                                   "pretrain-2", "evaluate"]  # fmt: skip
+    phase_two = store.require(result.stages["pretrain-2"].id)
+    assert phase_two.upstream == {"shards": result.stages["shard-2"].id,
+                                  "init": result.stages["pretrain-1"].id}  # fmt: skip
+    assert store.require(result.stages["shard-2"].id).layout["max_seq_len"] == 96
+    assert result.evaluation.upstream == {"model": phase_two.id}

@@ -95,6 +95,9 @@ def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
     assert pipeline.global_concurrency_limit.limit == 1
     assert deployment("pretrain/bertflow").global_concurrency_limit.limit == 1
     assert pipeline.parameters["config"] == served["config"].model_dump(mode="json")
+    said = served["log"].read_text()
+    assert "pretraining-pipeline/bertflow: cron '30 4 * * 1' (Europe/Paris), inactive" in said
+    assert f"automation '{AUTOMATION}' off" in said
 
     with get_client(sync_client=True) as client:
         [automation] = client.read_automations_by_name(AUTOMATION)
