@@ -16,9 +16,9 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import get_current_settings
 
-from bertflow.flows.cli import main
+from bertflow.flows.cli import build_parser, main
 from bertflow.flows.deployments import AUTOMATION
-from bertflow.flows.ingest import CORPUS_EVENT
+from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.flows.pipeline_config import to_yaml
 from bertflow.pipeline.store import ArtifactStore
 
@@ -66,7 +66,7 @@ def served(pipeline_config, tmp_path_factory) -> Iterator[dict[str, Any]]:
     }  # fmt: skip
     log = tmp_path / "serve.log"
     argv = [sys.executable, "-m", "bertflow.flows.cli", "serve", "--config", str(path),
-            "--cron", "30 4 * * 1", "--timezone", "Europe/Paris"]  # fmt: skip
+            "--cron", "30 4 * * 1", "--timezone", "Europe/Paris", "--automation"]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
@@ -97,11 +97,11 @@ def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
     assert pipeline.parameters["config"] == served["config"].model_dump(mode="json")
     said = served["log"].read_text()
     assert "pretraining-pipeline/bertflow: cron '30 4 * * 1' (Europe/Paris), inactive" in said
-    assert f"automation '{AUTOMATION}' off" in said
+    assert f"automation '{AUTOMATION}' on" in said
 
     with get_client(sync_client=True) as client:
         [automation] = client.read_automations_by_name(AUTOMATION)
-    assert not automation.enabled  # off by default
+    assert automation.enabled  # as --automation asked
     assert automation.trigger.expect == {CORPUS_EVENT}
     assert automation.trigger.match.model_dump()["bertflow.origin"] == "ingest"
     [action] = automation.actions
@@ -147,6 +147,39 @@ def test_a_bad_value_in_the_form_is_rejected_naming_the_field(served):
     with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError) as error:
         client.create_flow_run_from_deployment(pipeline.id, parameters=parameters)
     assert "max_steps" in str(error.value.response.text)
+
+
+def test_a_corpus_ingested_on_its_own_starts_the_pipeline_on_it(served, prefect_records):
+    """The automation: `bertflow ingest` publishes a corpus, its event starts the pipeline
+    deployment with that corpus, and the served process trains and evaluates on it."""
+    store: ArtifactStore = served["store"]
+    pipeline = deployment("pretraining-pipeline/bertflow")
+    ingest = served["config"].ingest.model_copy(update={"min_sentence_chars": 5})
+    corpus = ingest_flow(config=ingest, store_url=store.url)
+    assert not corpus.cached
+
+    def triggered() -> list[dict[str, Any]]:
+        of_pipeline = {"deployments": {"id": {"any_": [str(pipeline.id)]}}}
+        runs = prefect_records.post("/flow_runs/filter", of_pipeline)
+        return [r for r in runs if r["parameters"]["config"].get("corpus_id") == corpus.id]
+
+    runs = poll(triggered, 60, every_s=1.0)
+    assert len(runs) == 1, f"no run was triggered:\n{served['log'].read_text()[-3000:]}"
+    done = wait_for_run(runs[0]["id"], 300)
+    assert done is not None and done.state.is_completed(), served["log"].read_text()[-3000:]
+    trained = [m for m in store.list("shards") if m.upstream["corpus"] == corpus.id]
+    assert len(trained) == 1  # the event's corpus, not a re-ingest of the sources
+    assert len(triggered()) == 1  # the pipeline's own stages triggered nothing more
+
+
+def test_the_automation_and_schedule_are_off_unless_asked_for():
+    from bertflow.flows.deployments import ServeOptions, deployments
+
+    pipeline = deployments(ServeOptions())[0]
+    assert [s.active for s in pipeline.schedules] == [False]
+    assert [t.enabled for t in pipeline.triggers] == [False]
+    args = build_parser().parse_args(["serve"])
+    assert (args.automation, args.schedule_active, args.concurrency) == (False, False, 1)
 
 
 def test_serve_without_a_server_says_how_to_start_one(monkeypatch, capsys):
