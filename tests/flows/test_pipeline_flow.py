@@ -54,6 +54,8 @@ def test_every_stage_runs_then_a_rerun_is_cached_and_changes_rerun_only_downstre
     summary = prefect_records.artifacts(state.state_details.flow_run_id, "markdown")
     assert len(summary) == 1 and first.evaluation.id in summary[0]["data"]
     assert f"/artifacts/key/{first.stages['tokenizer'].id}" in summary[0]["data"]  # links
+    model = prefect_records.keyed(first.stages["pretrain-1"].id)["data"]
+    assert f"/artifacts/key/{first.stages['shard-1'].id})" in model  # each links its upstream
     report = prefect_records.keyed(first.evaluation.id)["data"]
     for stage in first.stages.values():  # the evaluation's report shows the whole chain
         assert stage.id in report
