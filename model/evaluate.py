@@ -40,7 +40,7 @@ from bertflow.model.finetune import (
 )
 from bertflow.model.intrinsic import batch_count, intrinsic_metrics, validation_dataset
 from bertflow.model.metrics import compute_metrics, summarize_runs
-from bertflow.pipeline.downstream import TaskData, TaskSpec, read_task, task_inputs
+from bertflow.pipeline.downstream import TaskData, TaskSpec, read_task
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
 from bertflow.pipeline.store import ArtifactStore, Published
@@ -142,8 +142,8 @@ def plan_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig)
         raise InputError(
             f"--max-seq-len {max_seq_len} is longer than {model_id}'s {positions} positions"
         )
-    inputs = [i for spec in config.tasks for i in task_inputs(spec)]
     tasks = [read_task(spec) for spec in config.tasks]
+    inputs = [i for task in tasks for i in task.inputs]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
