@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,14 +33,13 @@ from bertflow.model.finetune import (
     Encoded,
     FinetuneConfig,
     FinetuneRun,
-    check_encoder,
     encode,
     encoder_state,
     finetune,
 )
 from bertflow.model.intrinsic import batch_count, intrinsic_metrics, validation_dataset
 from bertflow.model.metrics import compute_metrics, summarize_runs
-from bertflow.pipeline.downstream import TaskData, TaskSpec, read_task
+from bertflow.pipeline.downstream import TaskData, TaskSpec, TaskSplit, read_task
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
 from bertflow.pipeline.store import ArtifactStore, Published
@@ -249,6 +248,7 @@ class TaskOutcome:
 
     task: TaskData
     truncated: dict[str, int]
+    trained_on: int
     model: dict[str, dict[str, Any]]
     baselines: dict[str, dict[str, dict[str, Any]]]
     runs: dict[str, list[FinetuneRun]]
@@ -265,6 +265,7 @@ class TaskOutcome:
             "evaluation_split": t.evaluation_split,
             "split_origin": t.split_origin,
             "examples": {"train": len(t.train.labels), "evaluation": len(t.evaluation.labels)},
+            "trained_on": self.trained_on,  # --max-train-examples' sample, for every contender
             "max_seq_len": max_seq_len,
             "truncated": self.truncated,
             "model": self.model,
@@ -283,7 +284,6 @@ def evaluate(
     network, tokenizer = load_pretrained(store, plan.model)
     architecture = network.config
     encoder = encoder_state(network.state_dict())
-    check_encoder(architecture, encoder)
     warnings: list[str] = []
     dataset = None
     if c.intrinsic:
@@ -291,7 +291,9 @@ def evaluate(
         if dataset is None:
             warnings.append(f"{plan.model.upstream['shards']} has no validation examples: "
                             "no intrinsic metrics")  # fmt: skip
-    encoded = [_encode_task(tokenizer, t, plan.max_seq_len, c) for t in plan.tasks]
+    samples = [training_sample(t.train, c.max_train_examples, c.seed) for t in plan.tasks]
+    encoded = [_encode_task(tokenizer, s, t, plan.max_seq_len)
+               for s, t in zip(samples, plan.tasks, strict=True)]  # fmt: skip
     runs_per_task = len(c.run_seeds()) * (1 + ("random-init" in c.baselines))
     total = (batch_count(dataset, c.intrinsic_max_batches) if dataset else 0) + sum(
         runs_per_task * c.epochs * -(-len(train) // c.batch_size) for train, _ in encoded
@@ -306,9 +308,9 @@ def evaluate(
                                           max_batches=c.intrinsic_max_batches,
                                           on_batch=progress.step)  # fmt: skip
         outcomes = {}
-        for task, (train, evaluation) in zip(plan.tasks, encoded, strict=True):
-            outcomes[task.name] = _run_task(task, train, evaluation, architecture, encoder, c,
-                                            device, progress)  # fmt: skip
+        for task, sample, (train, evaluation) in zip(plan.tasks, samples, encoded, strict=True):
+            outcomes[task.name] = _run_task(task, sample, train, evaluation, architecture,
+                                            encoder, c, device, progress)  # fmt: skip
             for split, n in outcomes[task.name].truncated.items():
                 if n:
                     warnings.append(f"{task.name}: {n:,} {split} examples longer than "
@@ -318,24 +320,33 @@ def evaluate(
     return intrinsic, outcomes, warnings
 
 
+def training_sample(train: TaskSplit, limit: int | None, seed: int) -> TaskSplit:
+    """At most `limit` training examples, a seeded sample in file order: what the model and
+    every baseline train on."""
+    if limit is None or len(train.labels) <= limit:
+        return train
+    pick = np.sort(np.random.default_rng(seed).permutation(len(train.labels))[:limit])
+    return replace(
+        train,
+        texts=[train.texts[i] for i in pick],
+        pairs=[train.pairs[i] for i in pick] if train.pairs is not None else None,
+        labels=train.labels[pick],
+    )
+
+
 def _encode_task(
-    tokenizer: Tokenizer, task: TaskData, max_seq_len: int, c: EvaluateConfig
+    tokenizer: Tokenizer, train: TaskSplit, task: TaskData, max_seq_len: int
 ) -> tuple[Encoded, Encoded]:
-    train = task.train
-    pick = np.arange(len(train.labels))
-    if c.max_train_examples is not None and len(pick) > c.max_train_examples:
-        pick = np.sort(np.random.default_rng(c.seed).permutation(len(pick))[: c.max_train_examples])
-    texts = [train.texts[i] for i in pick]
-    pairs = [train.pairs[i] for i in pick] if train.pairs is not None else None
     ev = task.evaluation
     return (
-        encode(tokenizer, texts, pairs, train.labels[pick], max_seq_len),
+        encode(tokenizer, train.texts, train.pairs, train.labels, max_seq_len),
         encode(tokenizer, ev.texts, ev.pairs, ev.labels, max_seq_len),
     )
 
 
 def _run_task(
     task: TaskData,
+    sample: TaskSplit,
     train: Encoded,
     evaluation: Encoded,
     architecture: Any,
@@ -375,13 +386,14 @@ def _run_task(
             baselines[name] = summary([r.predictions for r in all_runs[name]])
         else:
             progress.phase(f"{task.name}: tf-idf")
-            t, ev = task.train, task.evaluation
-            result = tfidf_baseline(t.texts, t.pairs, t.labels, ev.texts, ev.pairs,
-                                    task.problem, seed=c.seed)  # fmt: skip
+            ev = task.evaluation
+            result = tfidf_baseline(sample.texts, sample.pairs, sample.labels, ev.texts,
+                                    ev.pairs, task.problem, seed=c.seed)  # fmt: skip
             baselines[name] = summary([result.predictions])
     return TaskOutcome(
         task=task,
         truncated={"train": train.truncated, "evaluation": evaluation.truncated},
+        trained_on=len(train),
         model=summary([r.predictions for r in all_runs["pretrained"]]),
         baselines=baselines,
         runs=all_runs,

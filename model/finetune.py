@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from bertflow.model.bert import BertConfig, BertForSequenceClassification, BertModel
+from bertflow.model.bert import BertConfig, BertForSequenceClassification
 from bertflow.model.module import OptimConfig, lr_factor, parameter_groups
 
 Problem = Literal["classification", "regression"]
@@ -210,11 +210,6 @@ def predict(
 def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The `bert.*` part of a BertForPreTraining state dict, as a BertModel state dict."""
     return {k.removeprefix("bert."): v for k, v in model_state.items() if k.startswith("bert.")}
-
-
-def check_encoder(architecture: BertConfig, encoder: dict[str, torch.Tensor]) -> None:
-    """Fail before any training if the weights do not fit the architecture."""
-    BertModel(architecture).load_state_dict(encoder)
 
 
 def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:

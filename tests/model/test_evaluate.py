@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from bertflow.model.baselines import tfidf_baseline
 from bertflow.model.evaluate import (
     EvaluateConfig,
     build_and_publish,
     load_pretrained,
     plan_evaluation,
     run_evaluation,
+    training_sample,
 )
 from bertflow.model.evaluation_report import (
     changes,
@@ -26,7 +28,7 @@ from bertflow.model.evaluation_report import (
     render_text_table,
 )
 from bertflow.model.intrinsic import intrinsic_metrics, validation_dataset
-from bertflow.pipeline.downstream import TaskSpec
+from bertflow.pipeline.downstream import TaskSpec, read_task
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.store import ArtifactStore, StoreError
 
@@ -222,6 +224,13 @@ def test_sst2_from_its_glue_folder_reports_test_accuracy(tiny_shards, tiny_model
     sst2 = run_evaluation(store, tiny_model, config).manifest.stats["tasks"]["sst2"]
     assert sst2["evaluation_split"] == "test" and sst2["split_origin"] == "files"
     assert sst2["examples"] == {"train": 6920, "evaluation": 1821}
+    assert sst2["trained_on"] == 1500  # the model and the TF-IDF baseline alike
+    task = read_task(TaskSpec(path=str(SST2)))
+    sample = training_sample(task.train, 1500, config.seed)
+    alone = tfidf_baseline(sample.texts, None, sample.labels, task.evaluation.texts, None,
+                           "classification", seed=config.seed)  # fmt: skip
+    expected = float(np.mean(alone.predictions == task.evaluation.labels))
+    assert sst2["baselines"]["tfidf"]["accuracy"]["median"] == pytest.approx(expected)
     assert 0.4 < sst2["model"]["accuracy"]["median"] < 0.9
     assert 0.7 < sst2["baselines"]["tfidf"]["accuracy"]["median"] < 0.9
 
