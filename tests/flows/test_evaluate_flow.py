@@ -13,7 +13,7 @@ from bertflow.model.evaluate import EvaluateConfig
 from bertflow.pipeline.downstream import TaskSpec
 from bertflow.pipeline.store import ArtifactStore
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def task_file(folder: Path) -> Path:
@@ -43,7 +43,7 @@ def test_flow_publishes_report_table_and_progress_then_reruns_cached(
     assert result.kind == "evaluation" and not result.cached
     assert result.upstream == {"model": tiny_model}
 
-    report = prefect_records.keyed(result.id)["data"]
+    report = prefect_records.keyed(result.id).data
     for upstream in (tiny_model, tiny_shards.shards_id, tiny_shards.tokenizer_id,
                      tiny_shards.corpus_id):  # fmt: skip
         assert upstream in report
@@ -51,16 +51,16 @@ def test_flow_publishes_report_table_and_progress_then_reruns_cached(
     assert "Compared with the previous evaluation" in report
     assert "curves.png" in report
     table = prefect_records.keyed(f"{result.id}-metrics")
-    rows = json.loads(table["data"])
+    rows = json.loads(table.data)
     assert {(r["task"], r["metric"]) for r in rows} >= {
         ("intrinsic", "MLM loss"), ("tiny-task", "accuracy"), ("tiny-task", "f1"),
     }  # fmt: skip
     progress = prefect_records.artifacts(state.state_details.flow_run_id, "progress")
-    assert [a["data"] for a in progress] == [100.0]
+    assert [a.data for a in progress] == [100.0]
 
     # A second evaluation of the same tasks (another seed) is compared with the first.
     second = evaluate_flow(tiny_model, config=config(tmp_path, seed=3), store_url=store.url)
-    compared = prefect_records.keyed(second.id)["data"]
+    compared = prefect_records.keyed(second.id).data
     assert f"Previous: `{result.id}`" in compared
     assert "| tiny-task accuracy |" in compared
 

@@ -1,8 +1,7 @@
-"""The ingest flow and CLI against a real Prefect server (the test harness) and a real S3 server."""
+"""The ingest flow and CLI against a real Prefect server and a real S3 server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect_records import PrefectRecords
 
 from bertflow.flows.cli import main
 from bertflow.flows.ingest import ingest_flow
@@ -17,7 +17,7 @@ from bertflow.flows.records import asset_key
 from bertflow.pipeline.ingest import IngestConfig
 from bertflow.pipeline.store import ArtifactStore
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -27,16 +27,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def read_prefect_artifact_keys(keys: list[str]) -> set[str]:
-    async def read() -> set[str]:
-        async with get_client() as client:
-            # Raw request: with fastapi<0.155 the server refuses the nulls that
-            # client.read_artifacts sends for the filters it leaves unset.
-            response = await client.request(
-                "POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": keys}}}
-            )
-            return {a["key"] for a in response.json()}
-
-    return asyncio.run(read())
+    records = PrefectRecords()
+    return {key for key in keys if records.keyed(key) is not None}
 
 
 def wait_for_materialization(key: str, timeout_s: float = 30.0) -> list:

@@ -18,7 +18,7 @@ from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.lineage import lineage
 from bertflow.pipeline.store import ArtifactStore
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGES = ["ingest", "tokenizer", "shard-1", "pretrain-1", "evaluate"]
 KINDS = ["corpus", "tokenizer", "shards", "model", "evaluation"]
 
@@ -52,11 +52,11 @@ def test_every_stage_runs_then_a_rerun_is_cached_and_changes_rerun_only_downstre
     assert evaluation.upstream == {"model": first.stages["pretrain-1"].id}
     assert chain(store, evaluation.id) == ["evaluation", "model", "shards", "corpus"]
     summary = prefect_records.artifacts(state.state_details.flow_run_id, "markdown")
-    assert len(summary) == 1 and first.evaluation.id in summary[0]["data"]
-    assert f"/artifacts/key/{first.stages['tokenizer'].id}" in summary[0]["data"]  # links
-    model = prefect_records.keyed(first.stages["pretrain-1"].id)["data"]
+    assert len(summary) == 1 and first.evaluation.id in summary[0].data
+    assert f"/artifacts/key/{first.stages['tokenizer'].id}" in summary[0].data  # links
+    model = prefect_records.keyed(first.stages["pretrain-1"].id).data
     assert f"/artifacts/key/{first.stages['shard-1'].id})" in model  # each links its upstream
-    report = prefect_records.keyed(first.evaluation.id)["data"]
+    report = prefect_records.keyed(first.evaluation.id).data
     for stage in first.stages.values():  # the evaluation's report shows the whole chain
         assert stage.id in report
 

@@ -1,16 +1,15 @@
-"""The pretrain flow against a real Prefect server (the test harness): the model artifact and its
+"""The pretrain flow against a real Prefect server: the model artifact and its
 records, configs refused before any work, and the training process group dying with the flow."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,15 @@ from uuid import UUID
 
 import psutil
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.settings import get_current_settings
+from prefect_records import PrefectRecords, poll
 
 from bertflow.flows.pretrain import pretrain_flow
 from bertflow.model.train import plan_pretrain
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.store import ArtifactStore
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 MODEL_FILES = {
     "checkpoint/last.ckpt", "hf/config.json", "hf/model.safetensors", "hf/vocab.txt",
@@ -48,43 +47,20 @@ pretrain_flow(shards_id, config=config, store_url=store_url, run_dir=run_dir)
 """
 
 
-def poll(check: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
-    """`check()` once it is truthy, or its last (falsy) value after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every_s)
+RECORDS = PrefectRecords()
 
 
-def post(path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """A raw filter request: with fastapi<0.155 the server refuses the nulls the client's own
-    read methods send for the filters they leave unset."""
-
-    async def request() -> list[dict[str, Any]]:
-        async with get_client() as client:
-            response = await client.request("POST", path, json=body)
-            return response.json()
-
-    return asyncio.run(request())
+def prefect_artifacts(flow_run_id: UUID, kind: str) -> list[Any]:
+    return RECORDS.artifacts(flow_run_id, kind)
 
 
-def prefect_artifacts(flow_run_id: UUID, kind: str) -> list[dict[str, Any]]:
-    return post(
-        "/artifacts/filter",
-        {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}, "type": {"any_": [kind]}}},
-    )
-
-
-def keyed_artifact_data(key: str) -> str | None:
-    found = post("/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
-    return found[0]["data"] if found else None
+def keyed_artifact_data(key: str) -> Any:
+    found = RECORDS.keyed(key)
+    return found.data if found else None
 
 
 def log_messages(flow_run_id: UUID) -> list[str]:
-    logs = post("/logs/filter", {"logs": {"flow_run_id": {"any_": [str(flow_run_id)]}}})
-    return [entry["message"] for entry in logs]
+    return RECORDS.logs(flow_run_id)
 
 
 # -- a model artifact, then the cache ---------------------------------------------------------
@@ -114,7 +90,7 @@ def test_flow_publishes_the_model_with_records_and_progress_then_reruns_cached(
     assert report is not None and tiny_shards.shards_id in report
     assert keyed_artifact_data(f"{result.id}-stats") is not None
     progress = prefect_artifacts(flow_run_id, "progress")
-    assert [a["data"] for a in progress] == [100.0]
+    assert [a.data for a in progress] == [100.0]
 
     # The trainer's output, start to end, is in the flow run's logs (which reach the server in
     # batches, shortly after the flow returns).

@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import get_current_settings
+from prefect_records import poll, wait_for_run
 
 from bertflow.flows.cli import build_parser, main
 from bertflow.flows.deployments import AUTOMATION
@@ -22,17 +22,8 @@ from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.flows.pipeline_config import to_yaml
 from bertflow.pipeline.store import ArtifactStore
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGE_FLOWS = ["ingest", "tokenizer", "shard", "pretrain", "evaluate"]
-
-
-def poll(check: Callable[[], Any], timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every_s)
 
 
 def deployment(name: str) -> Any:
@@ -41,15 +32,6 @@ def deployment(name: str) -> Any:
             return client.read_deployment_by_name(name)
         except Exception:
             return None
-
-
-def wait_for_run(flow_run_id: Any, timeout_s: float) -> Any:
-    with get_client(sync_client=True) as client:
-        def final() -> Any:
-            run = client.read_flow_run(flow_run_id)
-            return run if run.state and run.state.is_final() else None
-
-        return poll(final, timeout_s, every_s=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +109,8 @@ def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served,
     assert {m.kind for m in store.list()} == {"corpus", "tokenizer", "shards", "model",
                                               "evaluation"}  # fmt: skip
     [summary] = prefect_records.artifacts(run.id, "markdown")
-    assert evaluation.id in summary["data"] and "| no |" in summary["data"]
-    report = prefect_records.keyed(evaluation.id)["data"]
+    assert evaluation.id in summary.data and "| no |" in summary.data
+    report = prefect_records.keyed(evaluation.id).data
     assert store.require(evaluation.upstream["model"]).upstream["shards"] in report
 
     with get_client(sync_client=True) as client:
@@ -136,7 +118,7 @@ def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served,
     done = wait_for_run(again.id, 120)
     assert done is not None and done.state.is_completed()
     [summary] = prefect_records.artifacts(again.id, "markdown")
-    assert summary["data"].count("| yes |") == 5 and "| no |" not in summary["data"]
+    assert summary.data.count("| yes |") == 5 and "| no |" not in summary.data
     assert len(store.list()) == 5
 
 
@@ -158,14 +140,13 @@ def test_a_corpus_ingested_on_its_own_starts_the_pipeline_on_it(served, prefect_
     corpus = ingest_flow(config=ingest, store_url=store.url)
     assert not corpus.cached
 
-    def triggered() -> list[dict[str, Any]]:
-        of_pipeline = {"deployments": {"id": {"any_": [str(pipeline.id)]}}}
-        runs = prefect_records.post("/flow_runs/filter", of_pipeline)
-        return [r for r in runs if r["parameters"]["config"].get("corpus_id") == corpus.id]
+    def triggered() -> list[Any]:
+        runs = prefect_records.runs_of(pipeline.id)
+        return [r for r in runs if r.parameters["config"].get("corpus_id") == corpus.id]
 
     runs = poll(triggered, 60, every_s=1.0)
     assert len(runs) == 1, f"no run was triggered:\n{served['log'].read_text()[-3000:]}"
-    done = wait_for_run(runs[0]["id"], 300)
+    done = wait_for_run(runs[0].id, 300)
     assert done is not None and done.state.is_completed(), served["log"].read_text()[-3000:]
     trained = [m for m in store.list("shards") if m.upstream["corpus"] == corpus.id]
     assert len(trained) == 1  # the event's corpus, not a re-ingest of the sources

@@ -15,7 +15,7 @@ from bertflow.pipeline.shards import ShardConfig
 from bertflow.pipeline.store import ArtifactStore
 from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_server")
 CONFIG = ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, workers=2)
 
 

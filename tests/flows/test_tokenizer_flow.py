@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from prefect.client.orchestration import get_client
+from prefect_records import PrefectRecords
 
 from bertflow.flows.cli import main
 from bertflow.flows.tokenizer import tokenizer_flow
@@ -14,7 +13,7 @@ from bertflow.pipeline.ingest import IngestConfig, ingest
 from bertflow.pipeline.store import ArtifactStore
 from bertflow.pipeline.tokenizer import TokenizerConfig
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 @pytest.fixture
@@ -25,15 +24,7 @@ def corpus(tmp_path) -> tuple[ArtifactStore, str]:
 
 
 def read_markdown(key: str) -> str:
-    async def read() -> str:
-        async with get_client() as client:
-            # Raw request: with fastapi<0.155 the server refuses the client's nulls.
-            response = await client.request(
-                "POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}}
-            )
-            return response.json()[0]["data"]
-
-    return asyncio.run(read())
+    return PrefectRecords().keyed(key).data
 
 
 def test_flow_publishes_tokenizer_with_report_and_reruns_cached(corpus):
