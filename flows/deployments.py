@@ -26,7 +26,7 @@ from bertflow.flows.pretrain import pretrain_flow
 from bertflow.flows.shards import shard_flow
 from bertflow.flows.tokenizer import tokenizer_flow
 
-DEPLOYMENT = "bertflow"
+PIPELINE_DEPLOYMENT = "bertflow-pipeline"
 TAGS = ["bertflow"]
 AUTOMATION = "bertflow: pretrain on each new corpus"
 
@@ -46,26 +46,34 @@ class ServeOptions:
 
 
 def deployments(options: ServeOptions) -> list[RunnerDeployment]:
-    """The pipeline deployment first, then one per stage flow, all named `bertflow`."""
+    """The pipeline deployment first, then one per stage flow, each named for what it runs
+    (`bertflow-pipeline`, `bertflow-ingest`, ...), as the UI's breadcrumbs and the
+    automation's action show them."""
     parameters = {"config": options.config.model_dump(mode="json")}
     limit = ConcurrencyLimitConfig(limit=options.concurrency,
                                    collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)  # fmt: skip
     pipeline = pretraining_pipeline.to_deployment(
-        name=DEPLOYMENT, tags=TAGS, parameters=parameters, concurrency_limit=limit,
+        name=PIPELINE_DEPLOYMENT, tags=TAGS, parameters=parameters, concurrency_limit=limit,
         description="Ingest -> tokenizer -> shard -> pretrain -> evaluate, each stage cached.",
         schedules=[Cron(options.cron, timezone=options.timezone, active=options.schedule_active,
                         parameters=parameters)],
         triggers=[new_corpus_trigger(options)],
     )  # fmt: skip
     stages = [
-        ingest_flow.to_deployment(name=DEPLOYMENT, tags=TAGS,
+        ingest_flow.to_deployment(name=stage_deployment("ingest"), tags=TAGS,
                                   parameters={"config": parameters["config"]["ingest"]}),
-        tokenizer_flow.to_deployment(name=DEPLOYMENT, tags=TAGS),
-        shard_flow.to_deployment(name=DEPLOYMENT, tags=TAGS),
-        pretrain_flow.to_deployment(name=DEPLOYMENT, tags=TAGS, concurrency_limit=limit),
-        evaluate_flow.to_deployment(name=DEPLOYMENT, tags=TAGS),
+        tokenizer_flow.to_deployment(name=stage_deployment("tokenizer"), tags=TAGS),
+        shard_flow.to_deployment(name=stage_deployment("shard"), tags=TAGS),
+        pretrain_flow.to_deployment(name=stage_deployment("pretrain"), tags=TAGS,
+                                    concurrency_limit=limit),
+        evaluate_flow.to_deployment(name=stage_deployment("evaluate"), tags=TAGS),
     ]  # fmt: skip
     return [pipeline, *stages]
+
+
+def stage_deployment(stage: str) -> str:
+    """The served deployment of one stage flow: `bertflow-<stage>`."""
+    return f"bertflow-{stage}"
 
 
 def new_corpus_trigger(options: ServeOptions) -> DeploymentEventTrigger:

@@ -24,6 +24,7 @@ from bertflow.pipeline.store import ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGE_FLOWS = ["ingest", "tokenizer", "shard", "pretrain", "evaluate"]
+PIPELINE = "pretraining-pipeline/bertflow-pipeline"
 
 
 def deployment(name: str) -> Any:
@@ -53,7 +54,7 @@ def served(pipeline_config, tmp_path_factory) -> Iterator[dict[str, Any]]:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
     try:
-        found = poll(lambda: deployment("evaluate/bertflow"), 120)
+        found = poll(lambda: deployment("evaluate/bertflow-evaluate"), 120)
         assert found, f"nothing was served:\n{log.read_text()[-3000:]}"
         yield {"config": config, "store": store, "log": log}
     finally:
@@ -66,19 +67,19 @@ def served(pipeline_config, tmp_path_factory) -> Iterator[dict[str, Any]]:
 
 
 def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
-    pipeline = deployment("pretraining-pipeline/bertflow")
+    pipeline = deployment(PIPELINE)
     assert pipeline is not None
     for name in STAGE_FLOWS:
-        assert deployment(f"{name}/bertflow") is not None, name
+        assert deployment(f"{name}/bertflow-{name}") is not None, name
     [schedule] = pipeline.schedules
     assert not schedule.active  # inactive until the user turns it on
     assert schedule.schedule.cron == "30 4 * * 1" and schedule.schedule.timezone == "Europe/Paris"
     assert schedule.parameters["config"]["ingest"]["sources"] == ["demo-small"]  # re-ingests
     assert pipeline.global_concurrency_limit.limit == 1
-    assert deployment("pretrain/bertflow").global_concurrency_limit.limit == 1
+    assert deployment("pretrain/bertflow-pretrain").global_concurrency_limit.limit == 1
     assert pipeline.parameters["config"] == served["config"].model_dump(mode="json")
     said = served["log"].read_text()
-    assert "pretraining-pipeline/bertflow: cron '30 4 * * 1' (Europe/Paris), inactive" in said
+    assert "pretraining-pipeline/bertflow-pipeline: cron '30 4 * * 1' (Europe/Paris), inactive" in said
     assert f"automation '{AUTOMATION}' on" in said
 
     with get_client(sync_client=True) as client:
@@ -94,7 +95,7 @@ def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
 
 
 def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served, prefect_records):
-    pipeline = deployment("pretraining-pipeline/bertflow")
+    pipeline = deployment(PIPELINE)
     store: ArtifactStore = served["store"]
     parameters = {"config": served["config"].model_dump(mode="json")}
     parameters["config"]["evaluate"]["seeds"] = 2  # what a user changes in the form
@@ -123,7 +124,7 @@ def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served,
 
 
 def test_a_bad_value_in_the_form_is_rejected_naming_the_field(served):
-    pipeline = deployment("pretraining-pipeline/bertflow")
+    pipeline = deployment(PIPELINE)
     parameters = {"config": served["config"].model_dump(mode="json")}
     parameters["config"]["phases"][0]["pretrain"]["max_steps"] = 0
     with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError) as error:
@@ -135,7 +136,7 @@ def test_a_corpus_ingested_on_its_own_starts_the_pipeline_on_it(served, prefect_
     """The automation: `bertflow ingest` publishes a corpus, its event starts the pipeline
     deployment with that corpus, and the served process trains and evaluates on it."""
     store: ArtifactStore = served["store"]
-    pipeline = deployment("pretraining-pipeline/bertflow")
+    pipeline = deployment(PIPELINE)
     ingest = served["config"].ingest.model_copy(update={"min_sentence_chars": 5})
     corpus = ingest_flow(config=ingest, store_url=store.url)
     assert not corpus.cached
