@@ -12,11 +12,16 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from bertflow.flows.records import progress_callbacks
+from bertflow.flows.records import artifact_link, embedded_png, progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
 from bertflow.model.evaluate import EvaluateConfig, build_and_publish, plan_evaluation
-from bertflow.model.evaluation_report import comparison_markdown, metric_rows, previous_evaluation
+from bertflow.model.evaluation_report import (
+    comparison_markdown,
+    metric_rows,
+    previous_evaluation,
+    render_report,
+)
 from bertflow.pipeline.manifest import Manifest
 from bertflow.pipeline.store import ArtifactStore
 
@@ -35,13 +40,15 @@ def evaluate_flow(
         return build_and_publish(store, plan, callbacks, flow_run_id=flow_run.get_id())
 
     def details(manifest: Manifest) -> str:
-        with store.open(manifest.id, manifest.layout["report"]) as f:
-            report = f.read().decode("utf-8")
-        curves = store.uri(manifest.id, manifest.layout["curves"])
+        """The comparison, then the report (report.md, with every node of its lineage a link),
+        then the curves."""
+        model = store.require(manifest.upstream["model"])
+        report = render_report(store, model, manifest.config, manifest.stats, link=artifact_link)
         return "\n\n".join([
             comparison_markdown(previous_evaluation(store, manifest), manifest),
             report.replace("# Evaluation of", "## Evaluation of", 1),
-            f"Training and fine-tuning curves: `{curves}`",
+            embedded_png(store, manifest.id, manifest.layout["curves"],
+                         "Training and fine-tuning curves"),
         ])  # fmt: skip
 
     result = cached_or_built(

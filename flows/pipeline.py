@@ -9,6 +9,11 @@ own), and the next run starts at that stage.
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
@@ -17,7 +22,7 @@ from bertflow.flows.evaluate import evaluate_flow
 from bertflow.flows.ingest import ingest_flow
 from bertflow.flows.pipeline_config import PipelineConfig
 from bertflow.flows.pretrain import pretrain_flow
-from bertflow.flows.records import artifact_link
+from bertflow.flows.records import PipelineProgress, artifact_link, ui_base
 from bertflow.flows.result import StageResult
 from bertflow.flows.shards import shard_flow
 from bertflow.flows.tokenizer import tokenizer_flow
@@ -40,35 +45,64 @@ def pretraining_pipeline(config: PipelineConfig | None = None) -> PipelineResult
     stage cached by the id of the artifact it makes."""
     config = config or PipelineConfig()
     store = ArtifactStore(config.store)
-    logger = get_run_logger()
+    phases = range(1, len(config.phases) + 1)
+    names = ["ingest", "tokenizer", *(f"{s}-{n}" for n in phases for s in ("shard", "pretrain")),
+             "evaluate"]  # fmt: skip
+    progress = PipelineProgress(names)
     stages: dict[str, StageResult] = {}
+
+    def run(name: str, stage: Callable[..., StageResult], *args: Any, **kwargs: Any) -> str:
+        stages[name] = run_stage(progress, name, functools.partial(stage, *args, **kwargs))
+        return stages[name].id
+
     if config.corpus_id:
         corpus = store.require(config.corpus_id, kind="corpus")
-        stages["ingest"] = StageResult.of(store, Published(corpus, cached=True))
+        corpus_id = run("ingest", StageResult.of, store, Published(corpus, cached=True))
     else:
-        stages["ingest"] = ingest_flow(config=config.ingest, store_url=store.url)
-    corpus_id = stages["ingest"].id
-    stages["tokenizer"] = tokenizer_flow(corpus_id, config=config.tokenizer, store_url=store.url)
+        corpus_id = run("ingest", ingest_flow, config=config.ingest, store_url=store.url)
+    tokenizer_id = run("tokenizer", tokenizer_flow, corpus_id, config=config.tokenizer,
+                       store_url=store.url)  # fmt: skip
     model_id: str | None = None
-    for number, phase in enumerate(config.phases, start=1):
-        shards = shard_flow(corpus_id, stages["tokenizer"].id, config=phase.shard,
-                            store_url=store.url)  # fmt: skip
+    for number, phase in zip(phases, config.phases, strict=True):
+        shards_id = run(f"shard-{number}", shard_flow, corpus_id, tokenizer_id,
+                        config=phase.shard, store_url=store.url)  # fmt: skip
         training = phase.pretrain
         if model_id is not None:  # phase 2 on starts from the previous phase's model
             training = training.model_copy(update={"init_from": model_id})
-        model = pretrain_flow(shards.id, config=training, store_url=store.url)
-        stages[f"shard-{number}"], stages[f"pretrain-{number}"] = shards, model
-        model_id = model.id
+        model_id = run(f"pretrain-{number}", pretrain_flow, shards_id, config=training,
+                       store_url=store.url)  # fmt: skip
     assert model_id is not None  # phases has at least one entry
-    stages["evaluate"] = evaluate_flow(model_id, config=config.evaluate, store_url=store.url)
+    run("evaluate", evaluate_flow, model_id, config=config.evaluate, store_url=store.url)
     create_markdown_artifact(
         markdown=run_summary(store, stages),
         description="the artifacts this pipeline run made or reused",
     )
     cached = [name for name, s in stages.items() if s.cached]
-    logger.info(f"pipeline done: {len(cached)} of {len(stages)} stages cached; evaluation "
-                f"{stages['evaluate'].id}")  # fmt: skip
+    get_run_logger().info(f"pipeline done: {len(cached)} of {len(stages)} stages cached; "
+                          f"evaluation {stages['evaluate'].id}")  # fmt: skip
     return PipelineResult(stages=stages)
+
+
+def run_stage(
+    progress: PipelineProgress, name: str, stage: Callable[[], StageResult]
+) -> StageResult:
+    """One stage as the pipeline run's page shows it: a log line as it starts and as it ends
+    (its artifact id, made or cached), and the run's progress following it."""
+    logger = get_run_logger()
+    number = progress.stages.index(name) + 1
+    logger.info(f"stage {number}/{len(progress.stages)} {name}: started")
+    started = time.monotonic()
+    try:
+        with progress.stage(name):
+            result = stage()
+    except BaseException:
+        logger.error(f"stage {number}/{len(progress.stages)} {name}: failed after "
+                     f"{time.monotonic() - started:.1f} s")  # fmt: skip
+        raise
+    made = "cached" if result.cached else "made"
+    logger.info(f"stage {number}/{len(progress.stages)} {name}: {result.id} {made} in "
+                f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    return result
 
 
 def run_summary(store: ArtifactStore, stages: dict[str, StageResult]) -> str:
@@ -81,5 +115,8 @@ def run_summary(store: ArtifactStore, stages: dict[str, StageResult]) -> str:
     evaluation = stages["evaluate"].id
     lines += ["", f"The evaluation's report, with the whole lineage: {artifact_link(evaluation)}; "
               f"in a terminal: `bertflow lineage {evaluation}`, `bertflow evaluate --show "
-              f"{evaluation}`. Store: `{store.url}`."]  # fmt: skip
+              f"{evaluation}`. Store: `{store.url}`.", "",
+              f"Every artifact has a page (neither UI's sidebar lists artifacts): "
+              f"`{ui_base()}/artifacts/key/<artifact id>` shows its versions, and each link above "
+              f"opens its latest content; this run's own records are on its Artifacts tab."]  # fmt: skip
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from tqdm import tqdm
 
+from bertflow.flows.records import embedded_png, report_stage_progress
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
 from bertflow.model.train import (
@@ -64,7 +65,7 @@ def pretrain_flow(
 
     return cached_or_built(
         store, plan.artifact_id, "Model", build, upstream=plan.upstream, input_uris=[],
-        details=model_report,
+        details=lambda manifest: model_report(store, manifest),
     )  # fmt: skip
 
 
@@ -172,6 +173,7 @@ class TrainingProgress:
             update_progress_artifact(
                 self.artifact_id, progress=round(100 * step / self.max_steps, 1)
             )
+            report_stage_progress(step / self.max_steps)
 
     def complete(self) -> None:
         """The trainer exited cleanly, so all steps ran, whatever progress line it printed last."""
@@ -181,7 +183,7 @@ class TrainingProgress:
         self._bar.close()
 
 
-def model_report(manifest: Manifest) -> str:
+def model_report(store: ArtifactStore, manifest: Manifest) -> str:
     s, arch = manifest.stats, manifest.layout["architecture"]
     val = s.get("validation", {})
     lines = [
@@ -205,6 +207,7 @@ def model_report(manifest: Manifest) -> str:
     if s.get("mfu"):
         lines.append(f"| MFU (median window) | {s['mfu']:.1%} |")
     layout = manifest.layout
-    lines += ["", f"Loss curve: `{layout['loss_curve']}`; HuggingFace export: `{layout['hf']}/`"
-              f" (`bertflow export {manifest.id} --out DIR`)."]  # fmt: skip
+    lines += ["", embedded_png(store, manifest.id, layout["loss_curve"], "Loss curve"), "",
+              f"HuggingFace export: `{store.uri(manifest.id, layout['hf'])}/` "
+              f"(`bertflow export {manifest.id} --out DIR`)."]  # fmt: skip
     return "\n".join(lines)

@@ -7,9 +7,12 @@ open-source UI shows each artifact with links to its upstream ids, and Prefect's
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import contextvars
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec
 from uuid import UUID
 
@@ -22,6 +25,9 @@ from prefect.artifacts import (
 )
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.settings import get_current_settings
 from prefect.tasks import MaterializingTask
 from prefect.types.names import validate_valid_asset_key
@@ -31,6 +37,7 @@ from bertflow.pipeline.progress import ProgressState
 from bertflow.pipeline.store import ArtifactStore, Published
 
 MAX_INPUT_ASSETS = 50
+UI_VERSION_PATH = "v2"
 P = ParamSpec("P")
 
 
@@ -95,11 +102,32 @@ def record_artifact(
 
 
 def artifact_link(artifact_id: str) -> str:
-    """A markdown link to the artifact's keyed Prefect artifact (the UI's /artifacts/key/ page),
-    so the open-source UI walks the lineage one click at a time."""
+    """A markdown link to the artifact's page in the Prefect UI, so the open-source UI walks the
+    lineage one click a hop: the content of its latest keyed Prefect artifact (the key is the
+    artifact id) in the UI the server serves by default, or the key's page where this server has
+    none (an artifact made against another server)."""
+    with get_client(sync_client=True) as client:
+        latest = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_id])),
+            sort=ArtifactSort.CREATED_DESC, limit=1,
+        )  # fmt: skip
+    page = f"artifact/{latest[0].id}" if latest else f"key/{artifact_id}"
+    return f"[`{artifact_id}`]({ui_base()}/artifacts/{page})"
+
+
+def ui_base() -> str:
+    """Where the default UI lives: Prefect 3.8 serves its newer UI under /v2 (the older one at
+    the root has other routes), relative to the page when no UI URL is known."""
     ui = get_current_settings().ui_url
-    base = ui.rstrip("/") if ui else ""
-    return f"[`{artifact_id}`]({base}/artifacts/key/{artifact_id})"
+    return f"{ui.rstrip('/') if ui else ''}/{UI_VERSION_PATH}"
+
+
+def embedded_png(store: ArtifactStore, artifact_id: str, path: str, title: str) -> str:
+    """A PNG of the artifact shown inline (the default UI renders `data:image/` sources), with
+    where the file lives for the UIs that do not."""
+    with store.open(artifact_id, path) as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f"![{title}](data:image/png;base64,{data})\n\n{title}: `{store.uri(artifact_id, path)}`"
 
 
 def summary_markdown(store: ArtifactStore, published: Published, title: str) -> str:
@@ -123,10 +151,11 @@ def summary_markdown(store: ArtifactStore, published: Published, title: str) -> 
         ]
     else:
         lines.append(f"- raw inputs only ({len(m.inputs)} files)")
-    lines += ["", "## Raw inputs", ""]
-    lines += [f"- `{i.uri}` ({i.fingerprint[:30]})" for i in m.inputs[:20]]
-    if len(m.inputs) > 20:
-        lines.append(f"- … and {len(m.inputs) - 20} more (see the manifest)")
+    if m.inputs:
+        lines += ["", "## Raw inputs", ""]
+        lines += [f"- `{i.uri}` ({i.fingerprint[:30]})" for i in m.inputs[:20]]
+        if len(m.inputs) > 20:
+            lines.append(f"- … and {len(m.inputs) - 20} more (see the manifest)")
     lines += ["", f"Inspect with `bertflow lineage {m.id}` and `bertflow artifacts show {m.id}`."]
     return "\n".join(lines)
 
@@ -143,6 +172,8 @@ def flatten_stats(stats: dict[str, Any], prefix: str = "") -> dict[str, str]:
             flat.update(flatten_stats(value, f"{name}."))
         elif isinstance(value, list):
             flat[name] = "; ".join(str(v) for v in value) if value else "—"
+        elif isinstance(value, bool):  # before int: True is an int too
+            flat[name] = "yes" if value else "no"
         else:
             flat[name] = f"{value:,}" if isinstance(value, int) else str(value)
     return flat
@@ -159,6 +190,7 @@ class PrefectProgress:
 
     def __call__(self, state: ProgressState) -> None:
         update_progress_artifact(self.artifact_id, progress=round(100 * state.fraction, 1))
+        report_stage_progress(state.fraction)
         now = time.monotonic()
         if now - self._last_log >= self.log_every_s or state.fraction >= 1.0:
             self._last_log = now
@@ -167,3 +199,60 @@ class PrefectProgress:
 
 def progress_callbacks(description: str) -> list[Callable[[ProgressState], None]]:
     return [PrefectProgress(description)]
+
+
+class PipelineProgress:
+    """The pipeline run's own progress artifact, so its page shows where the run is: the stage
+    that runs (k of n) and that stage's own progress, which the stage's progress reports feed
+    through `report_stage_progress` while the stage is `current`."""
+
+    def __init__(self, stages: list[str], update_every_s: float = 2.0):
+        self.stages = stages
+        self.update_every_s = update_every_s
+        self.artifact_id: UUID = create_progress_artifact(
+            progress=0.0, description=f"pipeline: {len(stages)} stages, starting"
+        )
+        self._index = 0
+        self._last_update = 0.0
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """While the block runs, stage `name` is the current one; its progress moves ours."""
+        self._index = self.stages.index(name)
+        self._update(0.0, force=True)
+        token = _current_pipeline.set(self)
+        try:
+            yield
+        finally:
+            _current_pipeline.reset(token)
+        self._update(1.0, force=True)
+
+    def stage_progress(self, fraction: float) -> None:
+        self._update(fraction, force=False)
+
+    def _update(self, fraction: float, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_update < self.update_every_s:
+            return
+        self._last_update = now
+        done = self._index + min(max(fraction, 0.0), 1.0)
+        name, count = self.stages[self._index], len(self.stages)
+        finished = done >= count
+        description = ("pipeline: all stages done" if finished else
+                       f"pipeline: stage {self._index + 1} of {count}, {name} "
+                       f"({100 * fraction:.0f}% of the stage)")  # fmt: skip
+        update_progress_artifact(self.artifact_id, progress=round(100 * done / count, 1),
+                                 description=description)  # fmt: skip
+
+
+_current_pipeline: contextvars.ContextVar[PipelineProgress | None] = contextvars.ContextVar(
+    "bertflow_pipeline_progress", default=None
+)
+
+
+def report_stage_progress(fraction: float) -> None:
+    """A stage's progress (0..1), passed on to the pipeline run's progress when a pipeline runs
+    the stage; nothing otherwise."""
+    pipeline = _current_pipeline.get()
+    if pipeline is not None:
+        pipeline.stage_progress(fraction)

@@ -2,12 +2,15 @@
 downstream table beside its baselines), the comparison with the previous evaluation of the same
 task set, the side-by-side table of several evaluations, and the curves PNG.
 
-Everything here reads manifests and stats; nothing trains or evaluates.
+Everything here reads manifests and stats; nothing trains or evaluates. Only the curves need
+matplotlib (and `report.py`, which imports Lightning), so they import them when they run: showing
+and comparing evaluations from the command line stays light.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from bertflow.model.metrics import HIGHER_IS_BETTER
-from bertflow.model.report import plot_pretraining_losses, read_history
 from bertflow.pipeline.lineage import lineage
 from bertflow.pipeline.manifest import Manifest
 from bertflow.pipeline.store import ArtifactStore
@@ -51,12 +53,22 @@ def spread(summary: dict[str, Any]) -> str:
 # -- the report -------------------------------------------------------------------------------
 
 
+def code(artifact_id: str) -> str:
+    """An artifact id as the report.md file shows it."""
+    return f"`{artifact_id}`"
+
+
 def render_report(
-    store: ArtifactStore, model: Manifest, config: dict[str, Any], stats: dict[str, Any]
+    store: ArtifactStore,
+    model: Manifest,
+    config: dict[str, Any],
+    stats: dict[str, Any],
+    link: Callable[[str], str] = code,
 ) -> str:
-    """The evaluation's markdown: lineage, training recipe, intrinsic and downstream tables."""
-    lines = [f"# Evaluation of `{model.id}`", ""]
-    lines += lineage_section(store, model)
+    """The evaluation's markdown: lineage, training recipe, intrinsic and downstream tables.
+    `link` writes an artifact id (in the Prefect UI, a link to that artifact's page)."""
+    lines = [f"# Evaluation of {link(model.id)}", ""]
+    lines += lineage_section(store, model, link)
     lines += intrinsic_section(stats.get("intrinsic", {}))
     lines += downstream_section(stats.get("tasks", {}), config, stats.get("lr"))
     if stats.get("warnings"):
@@ -64,7 +76,9 @@ def render_report(
     return "\n".join(lines)
 
 
-def lineage_section(store: ArtifactStore, model: Manifest) -> list[str]:
+def lineage_section(
+    store: ArtifactStore, model: Manifest, link: Callable[[str], str] = code
+) -> list[str]:
     lines = ["## Lineage", ""]
     shown: set[str] = set()
 
@@ -73,10 +87,10 @@ def lineage_section(store: ArtifactStore, model: Manifest) -> list[str]:
         role = f"{node['role']}: " if node.get("role") else ""
         if node.get("missing") or node["id"] in shown:
             why = "missing from the store" if node.get("missing") else "above"
-            lines.append(f"{indent}- {role}`{node['id']}` ({why})")
+            lines.append(f"{indent}- {role}{link(node['id'])} ({why})")
             return
         shown.add(node["id"])
-        lines.append(f"{indent}- {role}**{node['kind']}** `{node['id']}` — {node['summary']}")
+        lines.append(f"{indent}- {role}**{node['kind']}** {link(node['id'])} — {node['summary']}")
         for up in node["upstream"]:
             walk(up, depth + 1)
         if node["inputs"]:
@@ -293,6 +307,8 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bertflow.model.report import plot_pretraining_losses  # Lightning: only when plotting
+
     history = _model_history(store, model)
     fig, (left, right, scores) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     plot_pretraining_losses(left, history)
@@ -325,6 +341,8 @@ def plot_curves(
 
 def _model_history(store: ArtifactStore, model: Manifest) -> list[dict[str, float]]:
     import tempfile
+
+    from bertflow.model.report import read_history
 
     logs = model.layout.get("logs", "logs")
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.settings import get_current_settings
+from prefect_records import PrefectRecords, poll
 
 from bertflow.flows.cli import main
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
@@ -27,6 +30,17 @@ KINDS = ["corpus", "tokenizer", "shards", "model", "evaluation"]
 def runs_folder(tmp_path, monkeypatch):
     """Training run folders (checkpoints, logs) under the test's folder."""
     monkeypatch.setenv("BERTFLOW_RUNS", str(tmp_path / "runs"))
+
+
+def page_link(records: PrefectRecords, artifact_id: str) -> str:
+    """The markdown link to the content page of the artifact's latest keyed Prefect artifact,
+    in the UI the server serves by default."""
+    latest = records.keyed(artifact_id)
+    return f"[`{artifact_id}`]({get_current_settings().ui_url}/v2/artifacts/artifact/{latest.id})"
+
+
+def stage_lines(records: PrefectRecords, flow_run_id: Any) -> list[str]:
+    return [m for m in records.logs(flow_run_id) if m.startswith("stage ")]
 
 
 def chain(store: ArtifactStore, evaluation_id: str) -> list[str]:
@@ -51,17 +65,37 @@ def test_every_stage_runs_then_a_rerun_is_cached_and_changes_rerun_only_downstre
     evaluation = store.require(first.evaluation.id)
     assert evaluation.upstream == {"model": first.stages["pretrain-1"].id}
     assert chain(store, evaluation.id) == ["evaluation", "model", "shards", "corpus"]
-    summary = prefect_records.artifacts(state.state_details.flow_run_id, "markdown")
+    run_id = state.state_details.flow_run_id
+    summary = prefect_records.artifacts(run_id, "markdown")
     assert len(summary) == 1 and first.evaluation.id in summary[0].data
-    assert f"/artifacts/key/{first.stages['tokenizer'].id}" in summary[0].data  # links
+    for stage in first.stages.values():  # links to each artifact's content page
+        assert page_link(prefect_records, stage.id) in summary[0].data
     model = prefect_records.keyed(first.stages["pretrain-1"].id).data
-    assert f"/artifacts/key/{first.stages['shard-1'].id})" in model  # each links its upstream
+    assert page_link(prefect_records, first.stages["shard-1"].id) in model  # links its upstream
+    assert "![Loss curve](data:image/png;base64," in model  # the curve shown, not a path
     report = prefect_records.keyed(first.evaluation.id).data
-    for stage in first.stages.values():  # the evaluation's report shows the whole chain
-        assert stage.id in report
+    for stage in first.stages.values():  # every node of the evaluation's lineage is a link
+        if stage.kind != "evaluation":
+            assert page_link(prefect_records, stage.id) in report, stage.id
+    assert "![Training and fine-tuning curves](data:image/png;base64," in report
 
-    again = pretraining_pipeline(config=config)
+    # The pipeline run's own page follows the stages: its progress, and a line per stage.
+    [progress] = prefect_records.artifacts(run_id, "progress")
+    assert progress.data == 100.0 and progress.description == "pipeline: all stages done"
+    logs = poll(lambda: len(stage_lines(prefect_records, run_id)) == 10 and stage_lines(
+        prefect_records, run_id), 30)  # the logs reach the server in batches  # fmt: skip
+    assert logs and logs[:2] == ["stage 1/5 ingest: started", logs[1]]
+    assert logs[1].startswith(f"stage 1/5 ingest: {first.stages['ingest'].id} made in ")
+    assert logs[-1].startswith(f"stage 5/5 evaluate: {first.evaluation.id} made in ")
+
+    again_state = pretraining_pipeline(config=config, return_state=True)
+    again = again_state.result()
     assert all(s.cached for s in again.stages.values())
+    again_id = again_state.state_details.flow_run_id
+    again_logs = poll(lambda: len(stage_lines(prefect_records, again_id)) == 10 and stage_lines(
+        prefect_records, again_id), 30)  # fmt: skip
+    assert f"stage 4/5 pretrain-1: {first.stages['pretrain-1'].id} cached in " in " ".join(
+        again_logs or [])
     assert {n: s.id for n, s in again.stages.items()} == {n: s.id for n, s in first.stages.items()}
 
     longer = config.model_copy(update={"phases": [config.phases[0].model_copy(update={
