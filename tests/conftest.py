@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +13,7 @@ import boto3
 import pytest
 import s3fs
 from moto.server import ThreadedMotoServer
+from prefect_server import PrefectServer
 
 from bertflow.pipeline.store import ArtifactStore
 
@@ -58,67 +52,6 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     yield f"s3://{bucket}/store"
     s3fs.S3FileSystem.clear_instance_cache()
-
-
-class PrefectServer:
-    """`prefect server start` in its own process on a free loopback port, with its own database
-    and home: the API, the UI and every server service (the scheduler loops every second), as a
-    user runs it. `stop()` and `start()` again keep the port and the database (a restart)."""
-
-    def __init__(self, home: Path, scheduler_loop_s: float = 1.0):
-        self.home = home
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_url = f"{self.url}/api"
-        self.log = home / "server.log"
-        self.env = {
-            **os.environ,
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_URL": self.api_url,  # the UI calls this API (not the default port)
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_s),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 180.0) -> None:
-        argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                "--port", str(self.port)]  # fmt: skip
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout_s
-        while not self.healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"prefect server did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -204,3 +137,41 @@ def tiny_model(tiny_shards: TinyShards, tmp_path_factory: pytest.TempPathFactory
 def training_config() -> Any:
     """`tiny_training`, the factory of small TrainConfigs, for tests to change a field or two."""
     return tiny_training
+
+
+def tiny_pipeline(store_url: str, task_folder: Any, **changes: Any) -> Any:
+    """A PipelineConfig that runs every stage in well under a minute on a CPU: demo-small, a
+    2000-token vocabulary, 64-token shards, 12 training steps, one seed on a small task (written
+    into `task_folder`)."""
+    import json
+
+    from bertflow.flows.pipeline_config import Phase, PipelineConfig
+    from bertflow.model.evaluate import EvaluateConfig
+    from bertflow.pipeline.downstream import TaskSpec
+    from bertflow.pipeline.ingest import IngestConfig
+    from bertflow.pipeline.shards import ShardConfig
+    from bertflow.pipeline.tokenizer import TokenizerConfig
+
+    task = Path(task_folder) / "task.jsonl"
+    with open(task, "w") as f:
+        for i in range(60):
+            words = "peace and hope" if i % 2 else "war and fear"
+            f.write(json.dumps({"text": f"the nation saw {words} in {i}", "label": i % 2}) + "\n")
+    fields = dict(
+        store=store_url,
+        ingest=IngestConfig(sources=["demo-small"], validation_fraction=0.1, workers=1),
+        tokenizer=TokenizerConfig(vocab_size=2000, limit_alphabet=200),
+        phases=[Phase(shard=ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2,
+                                        workers=1),
+                      pretrain=tiny_training())],
+        evaluate=EvaluateConfig(tasks=[TaskSpec(path=str(task))], seeds=1, epochs=1,
+                                batch_size=16, baselines=["tfidf"], device="cpu",
+                                intrinsic_max_batches=2, max_seq_len=32),
+    )  # fmt: skip
+    return PipelineConfig(**{**fields, **changes})
+
+
+@pytest.fixture(scope="session")
+def pipeline_config() -> Any:
+    """`tiny_pipeline`, the factory of fast PipelineConfigs, for tests/flows and tests/ui."""
+    return tiny_pipeline

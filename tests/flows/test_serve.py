@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from bertflow.pipeline.store import ArtifactStore
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGE_FLOWS = ["ingest", "tokenizer", "shard", "pretrain", "evaluate"]
 PIPELINE = "pretraining-pipeline/bertflow-pipeline"
+EVERY_MINUTE = "* * * * *"  # served inactive; the schedule test turns it on, then off
 
 
 def deployment(name: str) -> Any:
@@ -49,7 +51,7 @@ def served(pipeline_config, tmp_path_factory) -> Iterator[dict[str, Any]]:
     }  # fmt: skip
     log = tmp_path / "serve.log"
     argv = [sys.executable, "-m", "bertflow.flows.cli", "serve", "--config", str(path),
-            "--cron", "30 4 * * 1", "--timezone", "Europe/Paris", "--automation"]  # fmt: skip
+            "--cron", EVERY_MINUTE, "--timezone", "Europe/Paris", "--automation"]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
@@ -73,13 +75,13 @@ def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
         assert deployment(f"{name}/bertflow-{name}") is not None, name
     [schedule] = pipeline.schedules
     assert not schedule.active  # inactive until the user turns it on
-    assert schedule.schedule.cron == "30 4 * * 1" and schedule.schedule.timezone == "Europe/Paris"
+    assert schedule.schedule.cron == EVERY_MINUTE and schedule.schedule.timezone == "Europe/Paris"
     assert schedule.parameters["config"]["ingest"]["sources"] == ["demo-small"]  # re-ingests
     assert pipeline.global_concurrency_limit.limit == 1
     assert deployment("pretrain/bertflow-pretrain").global_concurrency_limit.limit == 1
     assert pipeline.parameters["config"] == served["config"].model_dump(mode="json")
     said = served["log"].read_text()
-    assert "pretraining-pipeline/bertflow-pipeline: cron '30 4 * * 1' (Europe/Paris), inactive" in said
+    assert f"{PIPELINE}: cron '{EVERY_MINUTE}' (Europe/Paris), inactive" in said
     assert f"automation '{AUTOMATION}' on" in said
 
     with get_client(sync_client=True) as client:
@@ -152,6 +154,35 @@ def test_a_corpus_ingested_on_its_own_starts_the_pipeline_on_it(served, prefect_
     trained = [m for m in store.list("shards") if m.upstream["corpus"] == corpus.id]
     assert len(trained) == 1  # the event's corpus, not a re-ingest of the sources
     assert len(triggered()) == 1  # the pipeline's own stages triggered nothing more
+
+
+def test_turning_the_schedule_on_makes_runs_that_the_served_process_completes(
+    served, prefect_records
+):
+    """As a user does in the UI: the schedule's toggle on; the server's scheduler makes runs
+    (every minute here), the served process runs them to Completed; toggled off, the runs it
+    had planned are gone. Last of the runs in this module: the pipeline runs one at a time."""
+    pipeline = deployment(PIPELINE)
+    [schedule] = pipeline.schedules
+    with get_client(sync_client=True) as client:
+        client.update_deployment_schedule(pipeline.id, schedule.id, active=True)
+        try:
+            def scheduled() -> list[Any]:
+                return [r for r in prefect_records.runs_of(pipeline.id) if r.auto_scheduled]
+
+            runs = poll(scheduled, 60, every_s=1.0)
+            assert runs, f"the scheduler made no run:\n{served['log'].read_text()[-3000:]}"
+            first = min(runs, key=lambda r: r.expected_start_time)
+            assert first.parameters == {"config": served["config"].model_dump(mode="json")}
+            done = wait_for_run(first.id, 240)
+            assert done is not None, f"the run did not finish:\n{served['log'].read_text()[-3000:]}"
+            assert done.state.is_completed(), served["log"].read_text()[-3000:]
+        finally:
+            client.update_deployment_schedule(pipeline.id, schedule.id, active=False)
+            off = datetime.now(UTC)
+    planned = [r for r in scheduled() if r.state.is_scheduled() and r.expected_start_time > off]
+    assert planned == []  # turning it off removed the runs it had planned
+    assert served["store"].list("evaluation")  # the scheduled run trained and evaluated
 
 
 def test_the_automation_and_schedule_are_off_unless_asked_for():
