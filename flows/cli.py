@@ -1,7 +1,8 @@
 """`bertflow`: one console script, one subcommand per stage plus artifact and lineage tools.
 
 Stage subcommands run their stage as a Prefect flow: against PREFECT_API_URL when it is set (so the
-run shows in the UI), otherwise on a temporary local Prefect server.
+run shows in the UI), otherwise on a temporary local Prefect server, given longer than Prefect's
+20 s to start (a loaded laptop misses that) and named in a clear error when it still does not.
 """
 
 from __future__ import annotations
@@ -17,15 +18,31 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bertflow.flows.options import add_config_options, config_from_args, describe_validation_error
+from bertflow.model.evaluate_config import EvaluateConfig
+from bertflow.model.train_config import TrainConfig
 from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest import IngestConfig
+from bertflow.pipeline.ingest_config import IngestConfig
 from bertflow.pipeline.lineage import lineage, render, summarize
 from bertflow.pipeline.manifest import FORMAT_VERSIONS
-from bertflow.pipeline.shards import ShardConfig
+from bertflow.pipeline.shard_config import ShardConfig
 from bertflow.pipeline.store import DEFAULT_STORE, STORE_ENV, ArtifactStore, StoreError
-from bertflow.pipeline.tokenizer import TokenizerConfig
+from bertflow.pipeline.task_spec import TaskSpec
+from bertflow.pipeline.tokenizer_config import TokenizerConfig
 
-# The training config is the pretrain command's options; it imports torch, so it is read lazily.
+# Building the parser and the commands that run no flow (help, artifacts, lineage, evaluate --show
+# and --compare) import only configs and readers: torch, Lightning and Prefect load when a stage
+# runs (tests/flows/test_cli_imports.py holds this).
+
+# Prefect 3's setting for how long a flow run waits for the temporary server; its default is 20 s.
+STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_TIMEOUT_S = 120
+# What prefect.server.api.server.SubprocessASGIServer raises (a RuntimeError) when that runs out.
+STARTUP_TIMED_OUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+KEEP_A_SERVER = "export PREFECT_API_URL=http://127.0.0.1:4200/api; prefect server start"
+
+
+class PrefectServerError(Exception):
+    """No Prefect server to run a flow on."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (InputError, StoreError) as e:
+    except (InputError, StoreError, PrefectServerError) as e:
         print(f"bertflow {args.command}: error: {e}", file=sys.stderr)
         return 1
 
@@ -91,8 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--spill-dir", metavar="DIR",
                        help="intermediate files; must be shared by all Dask workers")  # fmt: skip
 
-    from bertflow.model.train import TrainConfig
-
     pretrain = _stage_parser(
         commands, common, "pretrain", TrainConfig, _pretrain,
         help="shards -> pretrained BERT model artifact",
@@ -105,8 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument(
         "--run-dir", metavar="DIR", help="checkpoints and logs (default: ~/.bertflow/runs/<id>)"
     )
-
-    from bertflow.model.evaluate import EvaluateConfig
 
     evaluate = _stage_parser(
         commands, common, "evaluate", EvaluateConfig, _evaluate,
@@ -129,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--show", metavar="EVALUATION_ID",
         help="print an evaluation's report (lineage, metrics beside baselines) and exit",
-    )
+    )  # fmt: skip
 
     run = commands.add_parser(
         "run", parents=[common], help="the whole pipeline: ingest -> ... -> evaluate",
@@ -244,7 +257,7 @@ def _run_stage(
 ) -> int:
     """Run a stage; print its result (one JSON line with --json), then `show` anything more."""
     store = _store(args)
-    result = run(store)
+    result = _on_prefect_server(args.command, lambda: run(store))
     if args.json:
         sys.stdout.flush()
         print(json.dumps(result.model_dump(mode="json")), flush=True)
@@ -258,6 +271,33 @@ def _run_stage(
     if show is not None:
         show(store, result)
     return 0
+
+
+def _on_prefect_server(command: str, run_flow: Callable[[], Any]) -> Any:
+    """Run a flow. Without PREFECT_API_URL, Prefect starts a temporary server first: say so (and
+    how to keep one instead), give it STARTUP_TIMEOUT_S unless the user chose a limit, and turn
+    its time-out into a PrefectServerError. The limit is read once, when Prefect is imported,
+    which is why the command's flow module is imported only after this has set it."""
+    if os.environ.get("PREFECT_API_URL"):
+        return run_flow()
+    os.environ.setdefault(STARTUP_TIMEOUT_ENV, str(STARTUP_TIMEOUT_S))
+    limit = os.environ[STARTUP_TIMEOUT_ENV]
+    if not limit.strip().isdigit():  # else Prefect's settings refuse it, naming no variable
+        raise PrefectServerError(f"{STARTUP_TIMEOUT_ENV}={limit!r}: give whole seconds, e.g. 300")
+    print(f"bertflow {command}: starting a temporary Prefect server for this run (no "
+          f"PREFECT_API_URL; waiting up to {limit} s); to keep one running instead: "
+          f"`{KEEP_A_SERVER}` in another shell, and the same export in this one",
+          file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        return run_flow()
+    except RuntimeError as e:
+        if STARTUP_TIMED_OUT not in str(e):
+            raise
+        raise PrefectServerError(
+            f"the temporary Prefect server did not start within {limit} s; raise "
+            f"{STARTUP_TIMEOUT_ENV} (e.g. to 300), or keep a server running "
+            f"(`{KEEP_A_SERVER}`) and set PREFECT_API_URL here"
+        ) from None
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -297,8 +337,6 @@ def _shard(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from bertflow.model.train import TrainConfig
-
     config = config_from_args(TrainConfig, args)
 
     def run(store: ArtifactStore) -> Any:
@@ -313,9 +351,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from bertflow.model.evaluate import EvaluateConfig
     from bertflow.model.evaluation_report import comparison_table, render_text_table
-    from bertflow.pipeline.downstream import TaskSpec
 
     if args.show:
         store = _store(args)
@@ -374,7 +410,7 @@ def _print_beside_previous(store: ArtifactStore, manifest: Any) -> None:
     print("\n" + render_text_table(header, rows))
     if previous is not None:
         print(f"(left: the previous evaluation of these tasks; compare more with "
-              f"bertflow evaluate --compare {previous.id} {manifest.id} ...)")
+              f"bertflow evaluate --compare {previous.id} {manifest.id} ...)")  # fmt: skip
 
 
 def _add_pipeline_config(parser: argparse.ArgumentParser) -> None:
@@ -406,7 +442,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from bertflow.flows.pipeline import pretraining_pipeline
 
-    result = pretraining_pipeline(config=config)
+    result = _on_prefect_server(args.command, lambda: pretraining_pipeline(config=config))
     store = ArtifactStore(config.store)
     if args.json:
         sys.stdout.flush()
@@ -421,11 +457,11 @@ def _run(args: argparse.Namespace) -> int:
     _print_evaluation(store, store.require(evaluation))
     print(f"\nnext: bertflow evaluate --show {evaluation}   (metrics beside baselines)")
     print(f"      bertflow export {result.stages[_last_model(result)].id} --out DIR   "
-          "(the model for transformers)")
+          "(the model for transformers)")  # fmt: skip
     print(f"      artifacts: {store.url}")
     if os.environ.get("PREFECT_API_URL"):
         ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
-        print(f"      Prefect UI: {ui}/artifacts/key/{evaluation}")
+        print(f"      Prefect UI: {ui}/v2/artifacts/key/{evaluation}")
     return 0
 
 
@@ -445,9 +481,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         print("bertflow serve: --concurrency: must be at least 1", file=sys.stderr)
         return 2
-    from prefect import serve
-
     from bertflow.flows.deployments import AUTOMATION, ServeOptions, deployments
+    from bertflow.flows.serving import serve
 
     options = ServeOptions(
         config=_pipeline_config(args), cron=args.cron, timezone=args.timezone,
@@ -464,8 +499,7 @@ def _serve(args: argparse.Namespace) -> int:
           f"  stages: {', '.join(f'{d.flow_name}/{d.name}' for d in served[1:])}\n"
           f"run them from {api.removesuffix('/api')}/deployments (Run -> Custom run shows the "
           f"form); Ctrl-C stops serving", flush=True)  # fmt: skip
-    serve(*served)
-    return 0
+    return serve(served, api)
 
 
 def _export(args: argparse.Namespace) -> int:

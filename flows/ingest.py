@@ -10,7 +10,8 @@ from prefect.runtime import flow_run
 from bertflow.flows.records import progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.pipeline.ingest import IngestConfig, IngestPlan, build_and_publish, plan_ingest
+from bertflow.pipeline.ingest_config import IngestConfig
+from bertflow.pipeline.ingest_plan import IngestPlan, plan_ingest
 from bertflow.pipeline.store import ArtifactStore
 
 CORPUS_EVENT = "bertflow.corpus.published"
@@ -33,6 +34,9 @@ def ingest_flow(config: IngestConfig, store_url: str | None = None) -> StageResu
     )
 
     def build():
+        # The readers and writers load only when there is a corpus to make: not on a cached run.
+        from bertflow.pipeline.ingest import build_and_publish
+
         callbacks = progress_callbacks(f"ingesting {len(the_plan.files)} files")
         return build_and_publish(the_plan, store, callbacks, flow_run_id=flow_run.get_id())
 
@@ -58,7 +62,7 @@ def announce_corpus(result: StageResult, config: IngestConfig) -> None:
         event=CORPUS_EVENT,
         resource={"prefect.resource.id": f"bertflow.artifact.{result.id}",
                   "prefect.resource.name": result.id, "bertflow.kind": "corpus",
-                  "bertflow.origin": origin},  # fmt: skip
+                  "bertflow.origin": origin},
         payload={"corpus_id": result.id, "uri": result.uri, "sources": config.sources,
-                 "documents": result.stats.get("documents", {})},  # fmt: skip
-    )
+                 "documents": result.stats.get("documents", {})},
+    )  # fmt: skip

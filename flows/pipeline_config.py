@@ -17,13 +17,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bertflow.model.evaluate import EvaluateConfig
-from bertflow.model.train import TrainConfig
-from bertflow.pipeline.downstream import TaskSpec
+from bertflow.model.evaluate_config import EvaluateConfig
+from bertflow.model.train_config import TrainConfig
 from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest import IngestConfig
-from bertflow.pipeline.shards import ShardConfig
-from bertflow.pipeline.tokenizer import TokenizerConfig
+from bertflow.pipeline.ingest_config import IngestConfig
+from bertflow.pipeline.shard_config import ShardConfig
+from bertflow.pipeline.task_spec import TaskSpec
+from bertflow.pipeline.tokenizer_config import TokenizerConfig
 
 PRESETS = ("demo", "bert-base")
 # SST-2 in GLUE layout, where a checkout has the shared data beside it (the demo's task).
@@ -88,8 +88,8 @@ def demo_phase() -> Phase:
     return Phase(
         shard=ShardConfig(),
         pretrain=TrainConfig(preset="tiny", max_steps=300, batch_size=32, lr=1e-3,
-                             warmup_steps=30, val_every=100, checkpoint_every=100),  # fmt: skip
-    )
+                             warmup_steps=30, val_every=100, checkpoint_every=100),
+    )  # fmt: skip
 
 
 def demo_evaluation() -> EvaluateConfig:
@@ -119,9 +119,9 @@ def bert_base(sources: list[str] | None = None) -> PipelineConfig:
                   pretrain=TrainConfig(**phase, max_steps=900_000, warmup_steps=10_000)),
             Phase(shard=ShardConfig(max_seq_len=512, max_predictions=77, num_shards=256),
                   pretrain=TrainConfig(**phase, max_steps=100_000, warmup_steps=1_000)),
-        ],  # fmt: skip
+        ],
         evaluate=EvaluateConfig(tasks=demo_evaluation().tasks, lr=3e-5, epochs=3, batch_size=32),
-    )
+    )  # fmt: skip
 
 
 def preset(name: str) -> PipelineConfig:

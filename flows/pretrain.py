@@ -34,6 +34,7 @@ from bertflow.model.train import (
     WATCH_PARENT_ENV,
     PretrainPlan,
     TrainConfig,
+    clear_run,
     default_run_dir,
     plan_pretrain,
 )
@@ -57,7 +58,7 @@ def pretrain_flow(
     config = config or TrainConfig()
     store = ArtifactStore(store_url)
     plan = plan_pretrain(store, shards_id, config)  # bad configs fail here, before any work
-    folder = Path(run_dir).expanduser() if run_dir else default_run_dir(plan.artifact_id)
+    folder = Path(run_dir).expanduser() if run_dir else default_run_dir(store, plan.artifact_id)
 
     def build() -> Published:
         launch_training(store, plan, folder, resume=resume, flow_run_id=flow_run.get_id())
@@ -103,6 +104,7 @@ def launch_training(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         env=env, start_new_session=True,
     )  # fmt: skip
+    published = False
     try:
         assert process.stdout is not None
         for line in process.stdout:
@@ -114,9 +116,11 @@ def launch_training(
             if line:
                 logger.info(line)
         code = process.wait()
+        published = code == 0 and store.get(plan.artifact_id) is not None
     finally:
         stop_group(process)
         progress.close()
+        logger.info(clear_run(run_dir, published))  # a cancelled run's leftovers too
     if code != 0:
         last = "\n".join(tail)
         raise RuntimeError(f"training {plan.artifact_id} failed (exit {code}):\n{last}")

@@ -19,19 +19,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from bertflow.model.baselines import tfidf_baseline
+from bertflow.model.evaluate_config import (  # re-exported: importers keep this path
+    DEFAULT_MAX_SEQ_LEN,
+    EvaluateConfig,
+)
 from bertflow.model.export import CONFIG_FILE, WEIGHTS_FILE, config_from_hf
 from bertflow.model.finetune import (
     Encoded,
-    FinetuneConfig,
     FinetuneRun,
     encode,
     encoder_state,
@@ -44,76 +46,7 @@ from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
 from bertflow.pipeline.store import ArtifactStore, Published
 
-Baseline = Literal["tfidf", "random-init"]
 RESULTS_FILE, REPORT_FILE, CURVES_FILE = "results.json", "report.md", "curves.png"
-DEFAULT_MAX_SEQ_LEN = 128
-
-
-class EvaluateConfig(BaseModel):
-    """How a model is evaluated. Every field but `device` shapes the evaluation's id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tasks: list[TaskSpec] = Field(
-        default_factory=list,
-        description="Labelled tasks to fine-tune on (GLUE folders, CSV/TSV/JSONL/Parquet files).",
-    )
-    intrinsic: bool = Field(True, description="MLM/NSP metrics on the model's validation shards.")
-    intrinsic_batch_size: int = Field(64, ge=1, description="Batch size of intrinsic metrics.")
-    intrinsic_max_batches: int | None = Field(
-        None, ge=1, description="Validation batches for intrinsic metrics (None: all)."
-    )
-    seeds: int = Field(3, ge=1, le=20, description="Fine-tuning runs per task (median reported).")
-    seed: int = Field(0, description="First fine-tuning seed (runs use seed, seed+1, ...).")
-    baselines: list[Baseline] = Field(
-        default_factory=lambda: ["tfidf", "random-init"],
-        description="References on the same split: tfidf (TF-IDF + logistic/ridge regression), "
-        "random-init (the same encoder fine-tuned without pretraining).",
-    )
-    epochs: int = Field(3, ge=1, le=100, description="Fine-tuning epochs.")
-    lr: float | None = Field(
-        None, gt=0.0, le=1.0, description="Fine-tuning peak learning rate (default: 1e-3 at "
-        "hidden size 128, scaled by (128/hidden)^2: 2.8e-5 for BERT-base, as its paper's range).",
-    )  # fmt: skip
-    batch_size: int = Field(32, ge=1, description="Fine-tuning batch size.")
-    warmup_fraction: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Share of fine-tuning steps spent warming up."
-    )
-    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay while fine-tuning.")
-    max_seq_len: int | None = Field(
-        None, ge=8, description="Longest fine-tuning input, longer ones truncated and counted "
-        f"(default: {DEFAULT_MAX_SEQ_LEN} or the model's positions if fewer).",
-    )  # fmt: skip
-    max_train_examples: int | None = Field(
-        None, ge=1, description="Fine-tune on a seeded sample of at most this many examples."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where to run: auto picks a GPU when there is one."
-    )
-
-    @model_validator(mode="after")
-    def _distinct(self) -> EvaluateConfig:
-        if len(set(self.baselines)) != len(self.baselines):
-            raise ValueError(f"baselines are listed twice: {self.baselines}")
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"device"})
-
-    def resolved_lr(self, hidden_size: int) -> float:
-        """Small encoders fine-tune best at a higher rate than BERT-base's 2e-5..5e-5."""
-        if self.lr is not None:
-            return self.lr
-        return float(f"{1e-3 * (128 / hidden_size) ** 2:.2g}")
-
-    def finetune_config(self, hidden_size: int) -> FinetuneConfig:
-        return FinetuneConfig(lr=self.resolved_lr(hidden_size), epochs=self.epochs,
-                              batch_size=self.batch_size,
-                              warmup_fraction=self.warmup_fraction,
-                              weight_decay=self.weight_decay)  # fmt: skip
-
-    def run_seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -449,9 +382,7 @@ def build_and_publish(
         )  # fmt: skip
 
 
-def run_evaluation(
-    store: ArtifactStore, model_id: str, config: EvaluateConfig
-) -> Published:
+def run_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig) -> Published:
     """Evaluate without Prefect: the cached artifact when it exists."""
     plan = plan_evaluation(store, model_id, config)
     existing = store.get(plan.artifact_id)

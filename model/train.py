@@ -20,7 +20,9 @@ import argparse
 import contextlib
 import ctypes
 import json
+import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -28,12 +30,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 
-from bertflow.model.bert import BertConfig, parameter_count, preset
+from bertflow.model.bert import BertConfig, parameter_count
+from bertflow.model.train_config import TrainConfig  # re-exported: importers keep this path
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.loader import LoaderConfig, ShardDataset
 from bertflow.pipeline.manifest import Manifest, artifact_id
@@ -43,101 +46,8 @@ RUNS_ENV = "BERTFLOW_RUNS"
 PROGRESS_PREFIX = "bertflow-progress "  # stdout lines the Prefect task turns into progress
 WATCH_PARENT_ENV = "BERTFLOW_WATCH_PARENT"
 CHECKPOINT_DIR, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
+RUNS_DIR = ".runs"  # in a local store: training run folders, beside the artifacts
 VALIDATION_SEED = 2024  # fixed masking seed of validation, the same for every model
-
-
-class TrainConfig(BaseModel):
-    """How a BERT is pretrained on a shards artifact. Fields other than the operational ones
-    (logging and checkpoint cadence, compile, strategy, loader workers) shape the model id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    preset: Literal["tiny", "mini", "small", "medium", "base", "large"] = Field(
-        "tiny", description="Model size: tiny (2x128), mini (4x256), small (4x512), medium "
-        "(8x512), base (12x768, BERT-base), large (24x1024).",
-    )  # fmt: skip
-    hidden_size: int | None = Field(None, ge=8, description="Override the preset's hidden size.")
-    num_layers: int | None = Field(None, ge=1, description="Override the preset's layer count.")
-    num_heads: int | None = Field(None, ge=1, description="Override the preset's head count.")
-    intermediate_size: int | None = Field(
-        None, ge=8, description="Override the preset's feed-forward width."
-    )
-    max_position_embeddings: int = Field(
-        512, ge=8, description="Longest sequence the model takes (shards must fit)."
-    )
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Hidden and attention dropout.")
-    init_from: str | None = Field(
-        None, description="Start from this model artifact's weights (e.g. phase 2 at length 512)."
-    )
-    max_steps: int = Field(1000, ge=1, description="Optimizer steps to train.")
-    batch_size: int = Field(32, ge=1, description="Examples per device per micro-batch.")
-    accumulate: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
-    warmup_steps: int | None = Field(
-        None, ge=0, description="Linear warm-up steps (default: 1% of max_steps, one-cycle: 30%)."
-    )
-    schedule: Literal["linear", "one-cycle"] = Field(
-        "linear", description="After warm-up: linear decay to 0 (BERT), or cosine annealing."
-    )
-    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay (not on biases, norms).")
-    adam_beta2: float = Field(0.999, gt=0.0, lt=1.0, description="AdamW beta2.")
-    adam_eps: float = Field(1e-6, gt=0.0, description="AdamW epsilon.")
-    grad_clip: float = Field(1.0, ge=0.0, description="Clip the gradient norm to this (0: off).")
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
-        "auto", description="auto: bf16-mixed on GPUs that support it, else 32-true."
-    )
-    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="Where to train.")
-    devices: str = Field(
-        "auto", description="Devices per node: a count, a list like '0,1', or auto."
-    )
-    num_nodes: int = Field(1, ge=1, description="Nodes (each runs --devices processes).")
-    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = Field(
-        "auto", description="Lightning strategy; several devices use DDP."
-    )
-    compile: bool = Field(False, description="torch.compile the model.")
-    seed: int = Field(0, description="Seed of initialisation, data order, masks and dropout.")
-    num_workers: int = Field(1, ge=0, description="Loader worker processes per device.")
-    mlm_prob: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Dynamic masking rate (default: the shards')."
-    )
-    log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
-    val_every: int = Field(500, ge=1, description="Validate every N optimizer steps.")
-    val_batches: int | None = Field(
-        50, ge=1, description="Validation batches per rank (None: the whole validation split)."
-    )
-    checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps.")
-
-    @model_validator(mode="after")
-    def _architecture(self) -> TrainConfig:
-        self.architecture(vocab_size=64)  # raises on, say, hidden_size not divisible by heads
-        return self
-
-    def architecture(self, vocab_size: int) -> BertConfig:
-        changes = {
-            k: v
-            for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")
-            if (v := getattr(self, k)) is not None
-        }
-        try:
-            return preset(
-                self.preset,
-                vocab_size=vocab_size,
-                max_position_embeddings=self.max_position_embeddings,
-                hidden_dropout=self.dropout,
-                attention_dropout=self.dropout,
-                **changes,
-            )
-        except ValueError as e:
-            raise ValueError(str(e).replace("BertConfig.", "")) from None
-
-    def identity(self) -> dict[str, Any]:
-        operational = {"log_every", "checkpoint_every", "compile", "strategy", "num_workers"}
-        return self.model_dump(mode="json", exclude=operational)
-
-    def resolved_warmup(self) -> int:
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        return 0 if self.schedule == "one-cycle" else max(1, round(0.01 * self.max_steps))
 
 
 @dataclass(frozen=True)
@@ -249,9 +159,32 @@ def _train_loader_config(config: TrainConfig) -> LoaderConfig:
 # -- training ------------------------------------------------------------------------------------
 
 
-def default_run_dir(model_id: str) -> Path:
-    root = os.environ.get(RUNS_ENV) or Path.home() / ".bertflow" / "runs"
-    return Path(root).expanduser() / model_id
+def default_run_dir(store: ArtifactStore, model_id: str) -> Path:
+    """Where a training run keeps its checkpoints and logs until its model is published:
+    `$BERTFLOW_RUNS/<id>` when that is set; else beside a local store's artifacts
+    (`<store>/.runs/<id>`), so one store is one place; else, for an object store,
+    `~/.bertflow/runs/<id>` (checkpoints are written to a filesystem)."""
+    if root := os.environ.get(RUNS_ENV):
+        return Path(root).expanduser() / model_id
+    if store.is_local:
+        return Path(store.root) / RUNS_DIR / model_id
+    return Path.home() / ".bertflow" / "runs" / model_id
+
+
+def clear_run(run_dir: Path, published: bool) -> str:
+    """Clear what a training run leaves in its folder, and say what was done. Once the model is
+    published its artifact holds the logs and the last checkpoint, so nothing is kept; after a
+    failure or a cancel the checkpoints and logs stay for `--resume` when a checkpoint was
+    written, and go when none was (there is nothing to resume). Only the run's own files are
+    touched, so a `--run-dir` that holds other things keeps them."""
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if not published and any(checkpoints.glob("*.ckpt")):
+        return f"kept {run_dir} for --resume (delete it to start over)"
+    for own in (checkpoints, run_dir / "logs"):
+        shutil.rmtree(own, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when nothing else is in it
+    return f"removed the run folder {run_dir}" + ("" if published else " (no checkpoint)")
 
 
 @dataclass
@@ -279,6 +212,7 @@ def train(
     from bertflow.model.report import ProgressPrinter, publish_model
 
     c = plan.config
+    quiet_lightning_logs()
     L.seed_everything(c.seed, workers=True, verbose=False)
     optim = OptimConfig(
         lr=c.lr, warmup_steps=c.resolved_warmup(), max_steps=c.max_steps, schedule=c.schedule,
@@ -323,7 +257,7 @@ def train(
     completed = trainer.global_step >= c.max_steps
     if not completed:
         return TrainOutcome(False, trainer.global_step, None)
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # the whole state: --resume needs it
     final = {}
     if data.has_validation():
         with _quiet_warnings():
@@ -364,14 +298,36 @@ def _device_name(device: torch.device) -> str:
 
 @contextlib.contextmanager
 def _quiet_warnings() -> Iterator[None]:
-    """Silence Lightning's advice that does not apply (iterable loaders have no length)."""
+    """Silence Lightning's advice that does not apply (iterable loaders have no length), and a
+    deprecation inside Lightning that only its next release can fix."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         yield
+
+
+class LightningChatter(logging.Filter):
+    """Drops the lines Lightning logs that say nothing about this run, so the training log (in
+    the terminal and the Prefect run) is the run's own: hardware it does not use, tips to
+    install Lightning's cloud products, and the stop at max_steps that our progress shows."""
+
+    NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:",
+             "`Trainer.fit` stopped:")  # fmt: skip
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+def quiet_lightning_logs() -> None:
+    chatter = LightningChatter()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LightningChatter) for f in logger.filters):
+            logger.addFilter(chatter)
 
 
 def load_weights(store: ArtifactStore, model_id: str, model: torch.nn.Module) -> None:
@@ -439,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_dir = args.run_dir or default_run_dir(plan.artifact_id)
+    run_dir = args.run_dir or default_run_dir(store, plan.artifact_id)
     outcome = train(store, plan, run_dir, resume=args.resume, flow_run_id=args.flow_run_id)
     if outcome.published is not None:
         print(PROGRESS_PREFIX + json.dumps({"published": outcome.published.manifest.id}),

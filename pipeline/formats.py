@@ -20,7 +20,6 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import PurePosixPath
 from typing import IO, Any, BinaryIO, Literal, get_args
 
 import ijson
@@ -31,24 +30,15 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.file_types import (
+    Compression,
+    Format,
+    compression_of,
+    detect_format,  # noqa: F401 (re-exported from here)
+)
 
-Format = Literal["text", "markdown", "jsonl", "json", "parquet", "wikipedia"]
-Compression = Literal["gzip", "bz2", "xz", "zstd"]
 DocSplit = Literal["file", "blank-lines", "separator"]
 
-COMPRESSIONS: dict[str, Compression] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
-FORMAT_SUFFIXES: dict[str, Format] = {
-    ".txt": "text",
-    ".text": "text",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".xml": "wikipedia",  # MediaWiki dumps: enwiki-20240101-pages-articles1.xml.bz2
-}
 MAX_MALFORMED_EXAMPLES = 20
 _BOM = b"\xef\xbb\xbf"
 CHUNK_BYTES = 1 << 20
@@ -117,24 +107,6 @@ class ReadTally:
         self.malformed_examples.extend(other.malformed_examples[: max(room, 0)])
         self.replaced_chars += other.replaced_chars
         self.skipped.update(other.skipped)
-
-
-def _suffixes(name: str) -> tuple[str, str | None]:
-    """(format suffix, compression suffix or None) of a file name, lower-cased."""
-    path = PurePosixPath(name.lower())
-    if path.suffix in COMPRESSIONS:
-        return path.with_suffix("").suffix, path.suffix
-    return path.suffix, None
-
-
-def detect_format(name: str) -> Format | None:
-    """The format a file name announces, looking past one compression suffix; None if unknown."""
-    return FORMAT_SUFFIXES.get(_suffixes(name)[0])
-
-
-def compression_of(name: str) -> Compression | None:
-    suffix = _suffixes(name)[1]
-    return COMPRESSIONS[suffix] if suffix else None
 
 
 # --- byte streams -------------------------------------------------------------------------------

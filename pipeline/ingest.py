@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
-import os
 import shutil
 import tempfile
 import time
@@ -25,121 +23,26 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertflow.pipeline.clean import SentenceLimits, document_sentences
 from bertflow.pipeline.corpus import CORPUS_SCHEMA, SPLITS, Split, write_corpus_file
 from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.formats import COMPRESSIONS, ReaderOptions, ReadTally, read_documents
-from bertflow.pipeline.manifest import InputFingerprint, artifact_id
+from bertflow.pipeline.formats import ReaderOptions, ReadTally, read_documents
+from bertflow.pipeline.ingest_config import IngestConfig  # re-exported: importers keep this path
+from bertflow.pipeline.ingest_plan import IngestPlan, plan_ingest  # re-exported too
 from bertflow.pipeline.parallel import run_tasks
 from bertflow.pipeline.progress import Progress, ProgressCallback
-from bertflow.pipeline.sources import SkippedFile, SourceFile, fingerprint, resolve_sources
+from bertflow.pipeline.sources import SourceFile
 from bertflow.pipeline.store import ArtifactStore, Published
 
-# How much bigger text gets when decompressed: only used to size output files.
-EXPANSION = {"gzip": 3.0, "bz2": 4.0, "xz": 4.0, "zstd": 3.0, None: 1.0}
 SPILL_FLUSH_BYTES = 32 << 20
 MIN_TASK_BYTES = 32 << 20
 MAX_EXAMPLES = 20
-
-
-class IngestConfig(BaseModel):
-    """How raw text becomes a corpus. Every field but `workers` shapes the artifact's id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sources: list[str] = Field(
-        min_length=1,
-        description="Files, folders, globs, fsspec URLs (s3://...), or 'demo' / 'demo-small'.",
-    )
-    format: Literal["auto", "text", "markdown", "jsonl", "json", "parquet", "wikipedia"] = Field(
-        "auto", description="Input format; 'auto' infers it from each file name."
-    )
-    text_field: str = Field(
-        "text", min_length=1, description="JSON field / Parquet column with the text."
-    )
-    doc_split: Literal["file", "blank-lines", "separator"] = Field(
-        "file",
-        description="For text and markdown: one document per file, per blank-line-separated block, "
-        "or per block between separator lines.",
-    )
-    doc_separator: str | None = Field(
-        None, description="The separator line for doc_split=separator."
-    )
-    validation_fraction: float = Field(
-        0.01,
-        ge=0.0,
-        lt=1.0,
-        description="Share of documents (chosen by hash) held out for validation.",
-    )
-    min_sentence_chars: int = Field(2, ge=1, description="Shorter sentences are dropped.")
-    max_sentence_chars: int = Field(
-        2000, ge=16, description="Longer sentences are cut at whitespace into pieces of this size."
-    )
-    min_doc_chars: int = Field(20, ge=0, description="Documents with fewer characters are dropped.")
-    min_doc_sentences: int = Field(
-        1, ge=1, description="Documents with fewer sentences are dropped."
-    )
-    max_doc_chars: int | None = Field(
-        None, ge=1, description="Documents with more characters are dropped (no limit when unset)."
-    )
-    max_bad_fraction: float = Field(
-        0.01,
-        ge=0.0,
-        le=1.0,
-        description="The stage fails when more than this share of records is malformed.",
-    )
-    on_bad_file: Literal["fail", "skip"] = Field(
-        "fail",
-        description="A corrupt or unreadable file fails the stage, or is skipped from the point "
-        "of the error on (what was read before it is kept) and reported.",
-    )
-    target_file_mb: float = Field(
-        64.0, gt=0, description="Target size of each output Parquet file."
-    )
-    workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
-        ge=1,
-        description="Worker processes; the output does not depend on it.",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> IngestConfig:
-        if self.doc_split == "separator" and not self.doc_separator:
-            raise ValueError("doc_separator: required when doc_split is 'separator'")
-        if self.min_sentence_chars > self.max_sentence_chars:
-            raise ValueError("min_sentence_chars: must not exceed max_sentence_chars")
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that shape the output. Sources enter the id through their fingerprints."""
-        return self.model_dump(mode="json", exclude={"workers", "sources"})
-
-
-@dataclass(frozen=True)
-class IngestPlan:
-    """What an ingest run will read and the id of the corpus it will make."""
-
-    config: IngestConfig
-    files: list[SourceFile]
-    skipped: list[SkippedFile]
-    inputs: list[InputFingerprint]
-    artifact_id: str
-    buckets: dict[Split, int]
-
-
-def plan_ingest(config: IngestConfig, storage_options: dict[str, Any] | None = None) -> IngestPlan:
-    """Resolve and fingerprint the sources; cheap enough to run before every cache check."""
-    files, skipped = resolve_sources(config.sources, config.format, storage_options)
-    inputs = [fingerprint(f, storage_options) for f in files]
-    corpus_id = artifact_id("corpus", config.identity(), inputs=inputs)
-    return IngestPlan(config, files, skipped, inputs, corpus_id, _bucket_counts(config, files))
 
 
 def ingest(
@@ -470,21 +373,6 @@ def _reduce_bucket(task: _ReduceTask, report: Callable[[int, int, int], None]) -
 
 
 # -- planning and stats ---------------------------------------------------------------------------
-
-
-def _compression(name: str) -> str | None:
-    return next((c for ext, c in COMPRESSIONS.items() if name.endswith(ext)), None)
-
-
-def _bucket_counts(config: IngestConfig, files: list[SourceFile]) -> dict[Split, int]:
-    """How many output files each split gets, from the estimated size of the text."""
-    text_bytes = sum(f.size * EXPANSION.get(_compression(f.name), 1.0) for f in files)
-    target = config.target_file_mb * 1e6
-    fraction = config.validation_fraction
-    return {
-        "train": max(1, math.ceil(text_bytes * (1 - fraction) / target)),
-        "validation": max(1, math.ceil(text_bytes * fraction / target)) if fraction > 0 else 0,
-    }
 
 
 def _group_files(files: list[SourceFile], workers: int) -> list[list[SourceFile]]:

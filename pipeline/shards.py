@@ -20,18 +20,16 @@ from __future__ import annotations
 import array
 import functools
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer
 
 from bertflow.pipeline.corpus import SPLITS, Split, split_files
@@ -42,6 +40,7 @@ from bertflow.pipeline.masking import MaskingRule, mask_batch
 from bertflow.pipeline.parallel import Report, run_tasks
 from bertflow.pipeline.progress import Progress, ProgressCallback
 from bertflow.pipeline.seeds import derive_seed, python_rng
+from bertflow.pipeline.shard_config import ShardConfig  # re-exported: importers keep this path
 from bertflow.pipeline.shard_format import (
     SPECIAL_NAMES,
     VOCAB_FILE,
@@ -55,72 +54,6 @@ from bertflow.pipeline.store import ArtifactStore, Published, StoreError
 TASK_BYTES = 2 << 20  # text per map task: small enough to balance two workers on a small corpus
 HISTOGRAM_BIN = 16  # tokens per bin of the length histogram
 MASK_CHUNK = 4096  # examples masked per numpy call
-
-
-class ShardConfig(BaseModel):
-    """How BERT examples are made and sharded. Every field but `workers` shapes the id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_seq_len: int = Field(
-        128, ge=8, le=8192, description="Tokens per example, specials included."
-    )
-    short_seq_prob: float = Field(
-        0.1, ge=0.0, le=1.0, description="Share of documents given a random shorter target length."
-    )
-    dupe_factor: int | None = Field(
-        None, ge=1, le=100,
-        description="Passes over the corpus, each pairing sentences anew (default: 1 with dynamic "
-        "masking, 5 with static).",
-    )  # fmt: skip
-    objective: Literal["nsp", "sop", "none"] = Field(
-        "nsp", description="Next-sentence, sentence-order (ALBERT) or no pair objective (RoBERTa)."
-    )
-    masking: Literal["dynamic", "static"] = Field(
-        "dynamic", description="Mask at load time (new each epoch) or once here, stored."
-    )
-    mlm_prob: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens to predict.")
-    max_predictions: int | None = Field(
-        None, ge=1, description="Most tokens predicted per example (default: max_seq_len*mlm_prob)."
-    )
-    whole_word: bool = Field(False, description="Mask whole words (a word's ## pieces together).")
-    num_shards: int = Field(
-        16, ge=1, le=100_000, description="Train shards; make it a multiple of ranks x workers."
-    )
-    num_validation_shards: int | None = Field(
-        None, ge=1, le=100_000, description="Validation shards (default: as many as train shards)."
-    )
-    batch_size: int = Field(
-        32, ge=1, description="Batch size the padding statistic assumes (not stored in shards)."
-    )
-    length_bins: int = Field(
-        1, ge=1, le=64,
-        description="LDDL-style length bins the loader batches within, so batches pad little "
-        "(1: none). Recorded for the loader, which groups each shuffle block by bin.",
-    )  # fmt: skip
-    seed: int = Field(12345, description="Base seed of every random choice.")
-    workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1,
-        description="Worker processes; the output does not depend on it.",
-    )  # fmt: skip
-
-    @model_validator(mode="after")
-    def _defaults(self) -> ShardConfig:
-        if self.dupe_factor is None:
-            object.__setattr__(self, "dupe_factor", 1 if self.masking == "dynamic" else 5)
-        if self.max_predictions is None:
-            object.__setattr__(
-                self, "max_predictions", max(1, round(self.max_seq_len * self.mlm_prob))
-            )
-        if self.num_validation_shards is None:
-            object.__setattr__(self, "num_validation_shards", self.num_shards)
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"workers"})
-
-    def shards_of(self, split: Split) -> int:
-        return self.num_shards if split == "train" else int(self.num_validation_shards or 1)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import fsspec
 
 from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.formats import Format, detect_format
+from bertflow.pipeline.file_types import Format, detect_format
 from bertflow.pipeline.manifest import InputFingerprint, sha256_file
 from bertflow.pipeline.store import is_local_fs
 

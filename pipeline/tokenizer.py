@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -35,52 +34,20 @@ from bertflow.pipeline.corpus import iter_documents
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.manifest import InputFingerprint, Manifest, artifact_id, sha256_file
 from bertflow.pipeline.store import ArtifactStore, Published
+from bertflow.pipeline.tokenizer_config import (  # re-exported: importers keep these paths
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    SPECIAL_TOKENS,
+    UNK,
+    TokenizerConfig,
+)
 
-PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # trained vocabularies put them first: [PAD] = 0
 MODEL_MAX_LENGTH = 512
 CHAR_COUNT_BATCH = 1 << 20  # characters per numpy count: its buffers are 12x this in bytes
 VALIDATION_SENTENCES = 20_000  # enough for stable rates, cheap on any corpus
 EXAMPLE_SENTENCES = 5
-
-
-class TokenizerConfig(BaseModel):
-    """How a WordPiece vocabulary is made. Every field but `threads` shapes the artifact's id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    vocab_size: int = Field(30522, ge=16, le=1 << 20, description="Vocabulary size to train.")
-    lowercase: bool = Field(
-        True,
-        description="Lowercase and strip accents as BERT's uncased models do (--cased keeps both).",
-        json_schema_extra={"cli_false_flag": "cased"},
-    )
-    min_frequency: int = Field(2, ge=1, description="Pieces seen fewer times are not merged.")
-    limit_alphabet: int = Field(
-        1000, ge=1, description="At most this many distinct characters enter the vocabulary."
-    )
-    max_chars_per_word: int = Field(
-        200, ge=1, description="Longer words become [UNK] (BERT's original: 200)."
-    )
-    sample_bytes: int = Field(
-        1_000_000_000, ge=1, description="Train on a hash-chosen sample of about this many bytes."
-    )
-    vocab: str | None = Field(
-        None, description="Import this BERT vocab.txt (one token per line) instead of training."
-    )
-    threads: int | None = Field(
-        None, ge=1, description="Training threads (default: all cores); the result does not change."
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> TokenizerConfig:
-        if self.vocab_size <= len(SPECIAL_TOKENS):
-            raise ValueError(f"vocab_size: must exceed the {len(SPECIAL_TOKENS)} special tokens")
-        return self
-
-    def identity(self) -> dict[str, Any]:
-        """Fields that shape the output; an imported vocab enters the id by its content hash."""
-        return self.model_dump(mode="json", exclude={"threads", "vocab"})
 
 
 def plan_tokenizer(

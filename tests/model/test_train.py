@@ -261,8 +261,38 @@ def test_training_entry_point_help_lists_the_options():
         assert option in done.stdout
 
 
-def test_run_dir_defaults_under_bertflow_runs(monkeypatch, tmp_path):
+def test_run_dir_defaults_beside_a_local_store_else_under_bertflow_runs(monkeypatch, tmp_path):
     from bertflow.model.train import default_run_dir
 
-    monkeypatch.setenv("BERTFLOW_RUNS", str(tmp_path))
-    assert default_run_dir("model-abc") == Path(tmp_path) / "model-abc"
+    monkeypatch.delenv("BERTFLOW_RUNS", raising=False)
+    local = ArtifactStore(str(tmp_path / "store"))
+    assert default_run_dir(local, "model-abc") == tmp_path / "store" / ".runs" / "model-abc"
+    assert local.list() == []  # the runs folder is not taken for an artifact
+    remote = ArtifactStore("memory://bucket/store")
+    assert default_run_dir(remote, "model-abc") == Path.home() / ".bertflow/runs/model-abc"
+    monkeypatch.setenv("BERTFLOW_RUNS", str(tmp_path / "runs"))
+    assert default_run_dir(local, "model-abc") == tmp_path / "runs" / "model-abc"
+
+
+def test_a_failed_run_keeps_only_what_resume_needs_and_a_published_one_nothing(tmp_path):
+    from bertflow.model.train import clear_run
+
+    def leftovers(name: str, checkpoint: bool) -> Path:
+        run = tmp_path / name
+        (run / "logs").mkdir(parents=True)
+        (run / "logs" / "metrics.csv").write_text("step,loss\n")
+        if checkpoint:
+            (run / "checkpoints").mkdir()
+            (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+        return run
+
+    resumable = leftovers("resumable", checkpoint=True)
+    assert "--resume" in clear_run(resumable, published=False)
+    assert (resumable / "checkpoints" / "last.ckpt").exists() and (resumable / "logs").exists()
+    nothing_to_resume = leftovers("early", checkpoint=False)
+    clear_run(nothing_to_resume, published=False)
+    assert not nothing_to_resume.exists()
+    published = leftovers("published", checkpoint=True)
+    (published / "notes.txt").write_text("the user's own file")  # an explicit --run-dir
+    clear_run(published, published=True)
+    assert [p.name for p in published.iterdir()] == ["notes.txt"]
