@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from bertflow.flows.evaluate import evaluate_flow
@@ -95,8 +96,9 @@ def run_stage(
     try:
         with progress.stage(name):
             result = stage()
-    except BaseException:
-        logger.error(f"stage {number}/{len(progress.stages)} {name}: failed after "
+    except BaseException as e:  # Prefect's cancellation is a BaseException (TerminationSignal)
+        how = "failed" if isinstance(e, Exception) else "stopped (cancelled or interrupted)"
+        logger.error(f"stage {number}/{len(progress.stages)} {name}: {how} after "
                      f"{time.monotonic() - started:.1f} s")  # fmt: skip
         raise
     made = "cached" if result.cached else "made"
@@ -106,7 +108,8 @@ def run_stage(
 
 
 def run_summary(store: ArtifactStore, stages: dict[str, StageResult]) -> str:
-    lines = ["# Pipeline run", "", "| stage | artifact | cached | upstream |", "|---|---|---|---|"]
+    lines = [f"# Pipeline run `{flow_run.get_name()}`", "",
+             "| stage | artifact | cached | upstream |", "|---|---|---|---|"]  # fmt: skip
     for name, s in stages.items():
         ups = sorted(s.upstream.items())
         upstream = ", ".join(f"{role} {artifact_link(up)}" for role, up in ups)
@@ -117,6 +120,7 @@ def run_summary(store: ArtifactStore, stages: dict[str, StageResult]) -> str:
               f"in a terminal: `bertflow lineage {evaluation}`, `bertflow evaluate --show "
               f"{evaluation}`. Store: `{store.url}`.", "",
               f"Every artifact has a page (neither UI's sidebar lists artifacts): "
-              f"`{ui_base()}/artifacts/key/<artifact id>` shows its versions, and each link above "
-              f"opens its latest content; this run's own records are on its Artifacts tab."]  # fmt: skip
+              f"`{ui_base()}/artifacts/key/<artifact id>` shows its versions, and each link "
+              f"above opens its latest content; this run's own records are on its Artifacts "
+              f"tab."]  # fmt: skip
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The tokenizer flow and CLI against a real Prefect server (the test harness)."""
+"""The tokenizer flow and CLI against a real Prefect server."""
 
 from __future__ import annotations
 

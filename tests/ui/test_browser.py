@@ -249,7 +249,8 @@ def test_a_custom_run_from_the_form_completes_and_its_summary_links_down_to_the_
     summary_card.click()
     [summary] = markdown_artifacts(UUID(run["id"]))
     wait_for_path(page, f"/v2/artifacts/artifact/{summary.id}")
-    expect(content(page).get_by_role("heading", level=1)).to_have_text("Pipeline run")
+    heading = content(page).get_by_role("heading", level=1)
+    expect(heading).to_have_text(f"Pipeline run {run['name']}")  # which run, on its own page
     links = (
         content(page)
         .get_by_role("link")
