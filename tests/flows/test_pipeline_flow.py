@@ -35,8 +35,7 @@ def runs_folder(tmp_path, monkeypatch):
 def page_link(records: PrefectRecords, artifact_id: str) -> str:
     """The markdown link to the content page of the artifact's latest keyed Prefect artifact,
     in the UI the server serves by default."""
-    latest = records.keyed(artifact_id)
-    return f"[`{artifact_id}`]({get_current_settings().ui_url}/v2/artifacts/artifact/{latest.id})"
+    return f"[`{artifact_id}`]({get_current_settings().ui_url}{records.page(artifact_id)})"
 
 
 def stage_lines(records: PrefectRecords, flow_run_id: Any) -> list[str]:

@@ -3,10 +3,6 @@ limit and automation as configured, and runs created through the API as the UI's
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,13 +10,11 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.exceptions import PrefectHTTPStatusError
-from prefect.settings import get_current_settings
-from prefect_records import poll, wait_for_run
+from prefect_records import PrefectRecords, bertflow_serve, poll, wait_for_run
 
 from bertflow.flows.cli import build_parser, main
 from bertflow.flows.deployments import AUTOMATION
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
-from bertflow.flows.pipeline_config import to_yaml
 from bertflow.pipeline.store import ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -30,42 +24,18 @@ EVERY_MINUTE = "* * * * *"  # served inactive; the schedule test turns it on, th
 
 
 def deployment(name: str) -> Any:
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_deployment_by_name(name)
-        except Exception:
-            return None
+    return PrefectRecords().deployment(name)
 
 
 @pytest.fixture(scope="module")
-def served(pipeline_config, tmp_path_factory) -> Iterator[dict[str, Any]]:
+def served(prefect_server, pipeline_config, tmp_path_factory) -> Iterator[dict[str, Any]]:
     """`bertflow serve` in its own process group (as a user runs it), for this module's tests."""
     tmp_path = tmp_path_factory.mktemp("served")
     store = ArtifactStore(str(tmp_path / "store"))
     config = pipeline_config(store.url, tmp_path)
-    path = tmp_path / "served.yaml"
-    path.write_text(to_yaml(config))
-    env = {
-        **os.environ, "PREFECT_API_URL": str(get_current_settings().api.url),
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1", "BERTFLOW_RUNS": str(tmp_path / "runs"),
-    }  # fmt: skip
-    log = tmp_path / "serve.log"
-    argv = [sys.executable, "-m", "bertflow.flows.cli", "serve", "--config", str(path),
-            "--cron", EVERY_MINUTE, "--timezone", "Europe/Paris", "--automation"]  # fmt: skip
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-    try:
-        found = poll(lambda: deployment("evaluate/bertflow-evaluate"), 120)
-        assert found, f"nothing was served:\n{log.read_text()[-3000:]}"
+    options = ["--cron", EVERY_MINUTE, "--timezone", "Europe/Paris", "--automation"]
+    with bertflow_serve(tmp_path, config, *options) as log:
         yield {"config": config, "store": store, "log": log}
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_serve_registers_the_deployments_schedule_limit_and_automation(served):

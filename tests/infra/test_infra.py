@@ -263,7 +263,13 @@ def test_job_template_renders_a_gpu_pod_with_runs_volume_shm_and_s3_secret() -> 
 def trainer_options() -> set[str]:
     """Every option of `python -m bertflow.model.train`: TrainConfig's fields as --kebab-case,
     plus the ones main() adds itself (read with ast: importing the module would load torch)."""
-    tree = ast.parse((REPO / "model" / "train.py").read_text())
+    options = set()
+    for source in ("train.py", "train_config.py"):
+        options |= _options_in(ast.parse((REPO / "model" / source).read_text()))
+    return options
+
+
+def _options_in(tree: ast.Module) -> set[str]:
     options = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "TrainConfig":

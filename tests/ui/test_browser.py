@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,18 +20,8 @@ from uuid import UUID
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Response, expect, sync_playwright
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    ArtifactFilterKey,
-    ArtifactFilterType,
-    DeploymentFilter,
-    DeploymentFilterId,
-)
-from prefect.client.schemas.objects import FlowRun
-from prefect.client.schemas.sorting import ArtifactSort
+from prefect_records import PrefectRecords, bertflow_serve, poll
 
-from bertflow.flows.pipeline_config import to_yaml
 from bertflow.pipeline.store import ArtifactStore
 
 CHROMIUM = shutil.which("chromium") or (
@@ -54,44 +41,7 @@ WAIT_MS = 30_000  # every wait on the page: the UI loads in seconds, under load 
 RUN_TIMEOUT_S = 300.0
 
 
-def poll(check: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
-    """`check()` once it is truthy, or its last (falsy) value after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()) and time.monotonic() < deadline:
-        time.sleep(every_s)
-    return value
-
-
-def deployment(name: str) -> Any:
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_deployment_by_name(name)
-        except Exception:
-            return None
-
-
-def runs_of(deployment_id: UUID) -> list[FlowRun]:
-    of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(deployment_filter=of_deployment)
-
-
-def markdown_artifacts(flow_run_id: UUID) -> list[Any]:
-    """The markdown artifacts a flow run made itself (not its subflows')."""
-    found = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
-                           type=ArtifactFilterType(any_=["markdown"]))  # fmt: skip
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=found)
-
-
-def artifact_page(key: str) -> str | None:
-    """The v2 content page of the latest Prefect artifact with this key (a bertflow id)."""
-    found = ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
-    with get_client(sync_client=True) as client:
-        latest = client.read_artifacts(
-            artifact_filter=found, sort=ArtifactSort.CREATED_DESC, limit=1
-        )
-    return f"/v2/artifacts/artifact/{latest[0].id}" if latest else None
+RECORDS = PrefectRecords()
 
 
 @pytest.fixture(scope="module")
@@ -107,27 +57,9 @@ def served(prefect_server, pipeline_config, tmp_path_factory) -> Iterator[dict[s
         "phases": [phase.model_copy(update={
             "pretrain": phase.pretrain.model_copy(update={"max_steps": 20})})],
     })  # fmt: skip
-    path = tmp_path / "served.yaml"
-    path.write_text(to_yaml(config))
-    env = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-           "BERTFLOW_RUNS": str(tmp_path / "runs")}  # fmt: skip
-    log = tmp_path / "serve.log"
-    argv = [sys.executable, "-m", "bertflow.flows.cli", "serve", "--config", str(path)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-    try:
-        found = poll(lambda: deployment("evaluate/bertflow-evaluate"), 120)
-        assert found, f"nothing was served:\n{log.read_text()[-3000:]}"
+    with bertflow_serve(tmp_path, config) as log:
         yield {"ui": prefect_server.url, "store": store, "log": log,
-               "pipeline": deployment(PIPELINE)}  # fmt: skip
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+               "pipeline": RECORDS.deployment(PIPELINE)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +127,7 @@ def follow(page: Page, artifact_id: str) -> None:
     content page of the latest keyed artifact for that id, headed with the id."""
     link = content(page).get_by_role("link", name=artifact_id, exact=True).first
     href, target = link.get_attribute("href"), link.get_attribute("target")
-    expected = artifact_page(artifact_id)
+    expected = RECORDS.page(artifact_id)
     assert expected is not None and urlsplit(href or "").path == expected, (
         f"the link to {artifact_id} on {page.url} is {href}; expected {expected}, the content "
         "page of the latest artifact keyed by that id"
@@ -247,7 +179,7 @@ def test_a_custom_run_from_the_form_completes_and_its_summary_links_down_to_the_
     page.get_by_role("tab", name="Artifacts").click()
     summary_card = page.get_by_role("link").filter(has_text="the artifacts this pipeline run made")
     summary_card.click()
-    [summary] = markdown_artifacts(UUID(run["id"]))
+    [summary] = RECORDS.artifacts(UUID(run["id"]), "markdown")
     wait_for_path(page, f"/v2/artifacts/artifact/{summary.id}")
     heading = content(page).get_by_role("heading", level=1)
     expect(heading).to_have_text(f"Pipeline run {run['name']}")  # which run, on its own page
@@ -256,7 +188,7 @@ def test_a_custom_run_from_the_form_completes_and_its_summary_links_down_to_the_
         .get_by_role("link")
         .evaluate_all("links => links.map(a => [a.textContent.trim(), a.getAttribute('href')])")
     )
-    wrong = [(text, href) for text, href in links if urlsplit(href).path != artifact_page(text)]
+    wrong = [(text, href) for text, href in links if urlsplit(href).path != RECORDS.page(text)]
     assert len(links) >= 5 and not wrong, (
         f"the summary's links that do not open their artifact's latest content page: {wrong}"
     )
@@ -273,7 +205,7 @@ def test_a_custom_run_from_the_form_completes_and_its_summary_links_down_to_the_
 def test_an_out_of_bounds_value_is_refused_in_the_form_naming_the_field(
     served: dict[str, Any], page: Page
 ):
-    runs_before = len(runs_of(served["pipeline"].id))
+    runs_before = len(RECORDS.runs_of(served["pipeline"].id))
     open_custom_run(page, served)
     form_url = page.url
     requests: list[str] = []
@@ -302,4 +234,4 @@ def test_an_out_of_bounds_value_is_refused_in_the_form_naming_the_field(
     expect(error).to_contain_text("config.phases[0].pretrain.max_steps")
     expect(error).to_contain_text("less than the minimum of 1")
     assert page.url == form_url
-    assert len(runs_of(served["pipeline"].id)) == runs_before
+    assert len(RECORDS.runs_of(served["pipeline"].id)) == runs_before
