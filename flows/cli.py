@@ -459,9 +459,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"      bertflow export {result.stages[_last_model(result)].id} --out DIR   "
           "(the model for transformers)")  # fmt: skip
     print(f"      artifacts: {store.url}")
-    if os.environ.get("PREFECT_API_URL"):
-        ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
-        print(f"      Prefect UI: {ui}/v2/artifacts/key/{evaluation}")
+    if os.environ.get("PREFECT_API_URL"):  # a temporary server is gone by now
+        from bertflow.flows.records import artifact_page
+
+        print(f"      Prefect UI: {artifact_page(evaluation)}   (the report; links down)")
     return 0
 
 

@@ -103,16 +103,21 @@ def record_artifact(
 
 def artifact_link(artifact_id: str) -> str:
     """A markdown link to the artifact's page in the Prefect UI, so the open-source UI walks the
-    lineage one click a hop: the content of its latest keyed Prefect artifact (the key is the
-    artifact id) in the UI the server serves by default, or the key's page where this server has
-    none (an artifact made against another server)."""
+    lineage one click a hop."""
+    return f"[`{artifact_id}`]({artifact_page(artifact_id)})"
+
+
+def artifact_page(artifact_id: str) -> str:
+    """The artifact's page in the UI the server serves by default: the content of its latest
+    keyed Prefect artifact (the key is the artifact id), or the key's page where this server
+    has none (an artifact made against another server)."""
     with get_client(sync_client=True) as client:
         latest = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_id])),
             sort=ArtifactSort.CREATED_DESC, limit=1,
         )  # fmt: skip
     page = f"artifact/{latest[0].id}" if latest else f"key/{artifact_id}"
-    return f"[`{artifact_id}`]({ui_base()}/artifacts/{page})"
+    return f"{ui_base()}/artifacts/{page}"
 
 
 def ui_base() -> str:
