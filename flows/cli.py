@@ -483,6 +483,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("bertflow serve: --concurrency: must be at least 1", file=sys.stderr)
         return 2
     from bertflow.flows.deployments import AUTOMATION, ServeOptions, deployments
+    from bertflow.flows.records import ui_base
     from bertflow.flows.serving import serve
 
     options = ServeOptions(
@@ -498,7 +499,7 @@ def _serve(args: argparse.Namespace) -> int:
           f" {state}; at most {options.concurrency} run(s) at a time; automation "
           f"'{AUTOMATION}' {'on' if options.automation else 'off'}\n"
           f"  stages: {', '.join(f'{d.flow_name}/{d.name}' for d in served[1:])}\n"
-          f"run them from {api.removesuffix('/api')}/deployments (Run -> Custom run shows the "
+          f"run them from {ui_base()}/deployments (Run -> Custom run shows the "
           f"form); Ctrl-C stops serving", flush=True)  # fmt: skip
     return serve(served, api)
 

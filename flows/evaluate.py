@@ -8,6 +8,8 @@ flow runs (it depends on what else is in the store), so it lives in Prefect, not
 
 from __future__ import annotations
 
+import functools
+
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
@@ -43,7 +45,8 @@ def evaluate_flow(
         """The comparison, then the report (report.md, with every node of its lineage a link),
         then the curves."""
         model = store.require(manifest.upstream["model"])
-        report = render_report(store, model, manifest.config, manifest.stats, link=artifact_link)
+        link = functools.cache(artifact_link)  # a node shown twice is looked up once
+        report = render_report(store, model, manifest.config, manifest.stats, link=link)
         return "\n\n".join([
             comparison_markdown(previous_evaluation(store, manifest), manifest),
             report.replace("# Evaluation of", "## Evaluation of", 1),

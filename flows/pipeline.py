@@ -110,13 +110,14 @@ def run_stage(
 def run_summary(store: ArtifactStore, stages: dict[str, StageResult]) -> str:
     lines = [f"# Pipeline run `{flow_run.get_name()}`", "",
              "| stage | artifact | cached | upstream |", "|---|---|---|---|"]  # fmt: skip
+    link = functools.cache(artifact_link)  # one look-up per artifact, though linked twice
     for name, s in stages.items():
         ups = sorted(s.upstream.items())
-        upstream = ", ".join(f"{role} {artifact_link(up)}" for role, up in ups)
-        lines.append(f"| {name} | {artifact_link(s.id)} | {'yes' if s.cached else 'no'} | "
+        upstream = ", ".join(f"{role} {link(up)}" for role, up in ups)
+        lines.append(f"| {name} | {link(s.id)} | {'yes' if s.cached else 'no'} | "
                      f"{upstream or 'raw inputs'} |")  # fmt: skip
     evaluation = stages["evaluate"].id
-    lines += ["", f"The evaluation's report, with the whole lineage: {artifact_link(evaluation)}; "
+    lines += ["", f"The evaluation's report, with the whole lineage: {link(evaluation)}; "
               f"in a terminal: `bertflow lineage {evaluation}`, `bertflow evaluate --show "
               f"{evaluation}`. Store: `{store.url}`.", "",
               f"Every artifact has a page (neither UI's sidebar lists artifacts): "

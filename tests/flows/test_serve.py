@@ -38,7 +38,7 @@ def served(prefect_server, pipeline_config, tmp_path_factory) -> Iterator[dict[s
         yield {"config": config, "store": store, "log": log}
 
 
-def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
+def test_serve_registers_the_deployments_schedule_limit_and_automation(served, prefect_server):
     pipeline = deployment(PIPELINE)
     assert pipeline is not None
     for name in STAGE_FLOWS:
@@ -53,6 +53,7 @@ def test_serve_registers_the_deployments_schedule_limit_and_automation(served):
     said = served["log"].read_text()
     assert f"{PIPELINE}: cron '{EVERY_MINUTE}' (Europe/Paris), inactive" in said
     assert f"automation '{AUTOMATION}' on" in said
+    assert f"run them from {prefect_server.url}/v2/deployments " in said  # the default UI
 
     with get_client(sync_client=True) as client:
         [automation] = client.read_automations_by_name(AUTOMATION)
