@@ -1,6 +1,7 @@
 """Labelled downstream (fine-tuning) tasks: GLUE folders, CSV, TSV, JSON Lines and Parquet files.
 
-A `TaskSpec` names a task: a file or a folder, local or behind an fsspec URL (`s3://...`). A folder
+A `TaskSpec` names a task: a file or a folder, local or behind an fsspec URL (`s3://...`), or
+`demo-era`, the built-in task on speeches the demo corpus holds out (`demo_task.py`). A folder
 carries its own splits (GLUE's TSVs, or `train.<ext>` beside `test|dev|validation.<ext>`); a single
 file is split by seed. `read_task` returns plain lists and arrays, with the fingerprint of every
 file it read so that an artifact made from a task changes id when the task's data changes.
@@ -29,8 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bertflow.pipeline import demo_task
 from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.manifest import InputFingerprint, sha256_stream
+from bertflow.pipeline.manifest import InputFingerprint, sha256_file, sha256_stream
 from bertflow.pipeline.store import is_local_fs
 from bertflow.pipeline.task_spec import GlueTask, TaskSpec  # TaskSpec re-exported from here
 
@@ -76,7 +78,7 @@ class TaskData:
     train: TaskSplit
     evaluation: TaskSplit  # the split the reported metrics come from
     evaluation_split: str  # "test", "dev" or "validation"
-    split_origin: Literal["files", "seeded"]
+    split_origin: Literal["files", "seeded", "by-speech"]
     inputs: list[InputFingerprint]  # every file read
 
     @property
@@ -123,17 +125,52 @@ GLUE_LAYOUTS: dict[GlueTask, GlueLayout] = {
 def task_inputs(spec: TaskSpec) -> list[InputFingerprint]:
     """Fingerprints of the files `read_task(spec)` reads, without parsing them (to name an
     artifact before any work)."""
+    if spec.path == demo_task.DEMO_TASK:
+        return _demo_inputs()
     plan = _plan(spec)
     return [_fingerprint(plan.fs, f) for f in plan.files]
 
 
 def read_task(spec: TaskSpec) -> TaskData:
     """Read and check a task's splits; every bad value fails here, before any training."""
+    if spec.path == demo_task.DEMO_TASK:
+        return _read_demo_task(spec)
     plan = _plan(spec)
     inputs = [_fingerprint(plan.fs, f) for f in plan.files]
     if plan.glue_task is not None:
         return _read_glue(spec, plan, plan.glue_task, inputs)
     return _read_files(spec, plan, inputs)
+
+
+def _demo_inputs() -> list[InputFingerprint]:
+    return [
+        InputFingerprint(uri=f"demo://sotu/{p.name}", size=p.stat().st_size,
+                         fingerprint="sha256:" + sha256_file(p))
+        for p in demo_task.task_speeches()
+    ]  # fmt: skip
+
+
+def _read_demo_task(spec: TaskSpec) -> TaskData:
+    """`demo-era`: the era of a held-out speech's paragraph, fine-tuned and tested on different
+    speeches. The spec's file options do not apply; only `name` (and `seeds`) do."""
+    train, test = demo_task.era_splits()
+    names = [label for _, label in demo_task.ERAS]
+
+    def split(examples: demo_task.EraExamples, which: str) -> TaskSplit:
+        labels = np.array([names.index(label) for label in examples.labels], dtype=np.int64)
+        return TaskSplit(examples.texts, None, labels, f"{demo_task.DEMO_TASK} ({which} speeches)")
+
+    return TaskData(
+        name=spec.name or demo_task.DEMO_TASK,
+        problem="classification",
+        label_names=names,
+        metrics=("accuracy", "macro_f1"),
+        train=split(train, "train"),
+        evaluation=split(test, "test"),
+        evaluation_split="test",
+        split_origin="by-speech",
+        inputs=_demo_inputs(),
+    )
 
 
 # --- Planning: which files a spec names ---------------------------------------------------------

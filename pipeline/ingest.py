@@ -5,6 +5,9 @@ The work is a map and a reduce, both spread over a process pool:
 - map: each task reads a group of input files, cleans and segments every document, hashes it, and
   appends it to a spill file of the bucket its hash selects (train or validation by one part of the
   hash, bucket by another). Memory per task is bounded by the spill buffer.
+- between them, when the hash leaves the validation split fewer than `min_validation_documents`
+  documents, the train documents with the smallest hashes (each task keeps its lowest ids) are moved
+  to validation: the same documents whatever the number of tasks.
 - reduce: each bucket's spill files are read, sorted by (hash, source), exact duplicates dropped
   (the copy with the smallest source name is kept) and written as one Parquet file.
 
@@ -14,6 +17,7 @@ of tasks or workers, so the output is byte-identical for any `workers`.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import shutil
@@ -43,6 +47,7 @@ from bertflow.pipeline.store import ArtifactStore, Published
 SPILL_FLUSH_BYTES = 32 << 20
 MIN_TASK_BYTES = 32 << 20
 MAX_EXAMPLES = 20
+MAX_VALIDATION_SHARE = 4  # a top-up leaves at most 1 in 4 documents in validation
 
 
 def ingest(
@@ -99,17 +104,21 @@ def build_corpus(
         progress.close()
         tally = _merge_map_results(mapped)
         _check_bad_share(tally, config.max_bad_fraction)
+        promoted = _to_promote(config, mapped)
+        _promote(Path(spill_dir), promoted, plan.buckets)
 
         reduce_tasks = [
             _ReduceTask(
-                spill_dir, split, bucket, str(out_dir / split / f"part-{bucket:05d}.parquet")
+                spill_dir, split, bucket, str(out_dir / split / f"part-{bucket:05d}.parquet"),
+                exclude=frozenset(i for i in promoted if _bucket(i, plan.buckets[split]) == bucket)
+                if split == "train" else frozenset(),
             )
             for split in SPLITS
             for bucket in range(plan.buckets[split])
-        ]
+        ]  # fmt: skip
         reduced: list[_ReduceResult] = run_tasks(_reduce_bucket, reduce_tasks, config.workers, None)
 
-    stats = _stats(plan, tally, reduced, time.monotonic() - started)
+    stats = _stats(plan, tally, reduced, len(promoted), time.monotonic() - started)
     if stats["documents"]["train"] == 0:
         raise InputError(
             "no documents left after filtering: "
@@ -154,6 +163,23 @@ class _MapResult:
     files_read: int = 0
     files_skipped: list[dict[str, str]] = field(default_factory=list)
     bytes_read: int = 0
+    validation_ids: set[str] = field(default_factory=set)  # up to min_validation_documents
+    lowest_train_ids: list[str] = field(default_factory=list)  # as many, the smallest, sorted
+
+    def note(self, split: Split, doc_id: str, wanted: int) -> None:
+        """Remember enough ids to top the validation split up to `wanted` documents later."""
+        if split == "validation":
+            if len(self.validation_ids) < wanted:
+                self.validation_ids.add(doc_id)
+            return
+        lowest = self.lowest_train_ids
+        if len(lowest) == wanted and (not lowest or doc_id >= lowest[-1]):
+            return
+        at = bisect.bisect_left(lowest, doc_id)
+        if at < len(lowest) and lowest[at] == doc_id:
+            return  # a duplicate: it counts once
+        lowest.insert(at, doc_id)
+        del lowest[wanted:]
 
 
 def _map_files(task: _MapTask, report: Callable[[int, int, int], None]) -> _MapResult:
@@ -222,12 +248,18 @@ def _route(
         return "too_few_sentences"
     if config.max_doc_chars is not None and chars > config.max_doc_chars:
         return "too_many_chars"
-    digest = hashlib.blake2b("\n".join(sentences).encode(), digest_size=16).digest()
-    split: Split = "validation" if int.from_bytes(digest[:8], "big") < threshold else "train"
-    bucket = int.from_bytes(digest[8:12], "big") % task.buckets[split]
-    spill.add(split, bucket, digest.hex(), location, sentences, chars)
+    doc_id = hashlib.blake2b("\n".join(sentences).encode(), digest_size=16).hexdigest()
+    split: Split = "validation" if int(doc_id[:16], 16) < threshold else "train"
+    spill.add(split, _bucket(doc_id, task.buckets[split]), doc_id, location, sentences, chars)
+    if threshold:
+        result.note(split, doc_id, config.min_validation_documents)
     result.documents_kept += 1
     return None
+
+
+def _bucket(doc_id: str, buckets: int) -> int:
+    """A document's bucket, from the hash bits that do not choose its split."""
+    return int(doc_id[16:24], 16) % buckets
 
 
 class _CountingRaw(io.RawIOBase):
@@ -322,6 +354,47 @@ class _SpillWriter:
         self.writers.clear()
 
 
+# -- topping up the validation split --------------------------------------------------------------
+
+
+def _to_promote(config: IngestConfig, mapped: list[_MapResult]) -> list[str]:
+    """Ids of the train documents to move to validation: the lowest, as many as it lacks of
+    min_validation_documents, or of a quarter of the documents if that is fewer."""
+    if config.validation_fraction == 0:
+        return []
+    wanted = min(config.min_validation_documents, _validation_cap(mapped))
+    validation = set().union(*(r.validation_ids for r in mapped))
+    if len(validation) >= wanted:
+        return []
+    lowest = sorted(set().union(*(r.lowest_train_ids for r in mapped)))
+    return lowest[: wanted - len(validation)]
+
+
+def _validation_cap(mapped: list[_MapResult]) -> int:
+    """The most documents a top-up may leave in validation: a quarter of those kept."""
+    return sum(r.documents_kept for r in mapped) // MAX_VALIDATION_SHARE
+
+
+def _promote(spill_dir: Path, ids: list[str], buckets: dict[Split, int]) -> None:
+    """Copy the promoted documents from their train spill into their validation bucket's (the
+    train reduce leaves them out)."""
+    for train_bucket in sorted({_bucket(i, buckets["train"]) for i in ids}):
+        folder = spill_dir / f"train-{train_bucket:05d}"
+        table = pa.concat_tables(
+            pa.ipc.open_stream(pa.OSFile(str(p))).read_all() for p in sorted(folder.glob("*.arrow"))
+        )
+        moved = table.filter(pc.is_in(table.column("doc_id"), pa.array(ids, pa.string())))
+        targets = [_bucket(i, buckets["validation"]) for i in moved.column("doc_id").to_pylist()]
+        for bucket in sorted(set(targets)):
+            rows = moved.filter(pa.array([t == bucket for t in targets]))
+            out = spill_dir / f"validation-{bucket:05d}"
+            out.mkdir(exist_ok=True)
+            with pa.ipc.new_stream(
+                pa.OSFile(str(out / f"promoted-{train_bucket:05d}.arrow"), "wb"), CORPUS_SCHEMA
+            ) as writer:
+                writer.write_table(rows)
+
+
 # -- reduce ---------------------------------------------------------------------------------------
 
 
@@ -331,6 +404,7 @@ class _ReduceTask:
     split: Split
     bucket: int
     out_path: str
+    exclude: frozenset[str] = frozenset()  # ids moved to validation
 
 
 @dataclass(frozen=True)
@@ -353,6 +427,9 @@ def _reduce_bucket(task: _ReduceTask, report: Callable[[int, int, int], None]) -
         report(0, 1, 0)
         return _ReduceResult(task.split, task.out_path, 0, 0, 0, 0)
     table = pa.concat_tables(pa.ipc.open_stream(pa.OSFile(str(p))).read_all() for p in pieces)
+    if task.exclude:
+        ids = pa.array(sorted(task.exclude), pa.string())
+        table = table.filter(pc.invert(pc.is_in(table.column("doc_id"), ids)))
     table = table.sort_by([("doc_id", "ascending"), ("source", "ascending")])
     ids = table.column("doc_id").combine_chunks()
     first = pc.not_equal(ids[1:], ids[:-1]) if len(ids) > 1 else pa.array([], pa.bool_())
@@ -431,7 +508,7 @@ def _check_bad_share(tally: _Tally, max_bad_fraction: float) -> None:
 
 
 def _stats(
-    plan: IngestPlan, tally: _Tally, reduced: list[_ReduceResult], seconds: float
+    plan: IngestPlan, tally: _Tally, reduced: list[_ReduceResult], promoted: int, seconds: float
 ) -> dict[str, Any]:
     by_split = {s: [r for r in reduced if r.split == s] for s in SPLITS}
     return {
@@ -440,6 +517,7 @@ def _stats(
         "characters": {s: sum(r.characters for r in by_split[s]) for s in SPLITS},
         "documents_read": tally.documents_read,
         "duplicates_removed": sum(r.duplicates for r in reduced),
+        "validation_topped_up": promoted,  # documents moved from train to reach the minimum
         "documents_filtered": dict(sorted(tally.filtered.items())),
         "sentences_dropped_short": tally.sentences_dropped_short,
         "sentences_split_long": tally.sentences_split_long,
@@ -459,9 +537,14 @@ def _stats(
 
 def _warnings(plan: IngestPlan, by_split: dict[Split, list[_ReduceResult]]) -> list[str]:
     warnings = []
-    if plan.config.validation_fraction > 0 and not any(r.documents for r in by_split["validation"]):
+    c = plan.config
+    validation = sum(r.documents for r in by_split["validation"])
+    if c.validation_fraction > 0 and validation < c.min_validation_documents:
+        kept = validation + sum(r.documents for r in by_split["train"])
         warnings.append(
-            f"the validation split is empty: too few documents for validation_fraction"
-            f" {plan.config.validation_fraction}"
+            f"the validation split holds {validation} documents, fewer than "
+            f"min_validation_documents {c.min_validation_documents}: the corpus keeps {kept}, "
+            f"and at most a quarter is held out"
+            + ("; stages that measure on it report no validation metrics" if not validation else "")
         )
     return warnings

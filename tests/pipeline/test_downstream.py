@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bertflow.pipeline import demo_task
 from bertflow.pipeline.downstream import TaskSpec, read_task, task_inputs
 from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.sources import resolve_sources
 
 SHARED_SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
 
@@ -503,3 +505,23 @@ def test_csv_folder_on_s3_reads_and_fingerprints_by_etag(s3_env):
     assert len(task.train) == 6 and len(task.evaluation) == 3 and task.name == "reviews"
     assert [i.uri for i in task.inputs] == [f"{base}/train.csv", f"{base}/test.csv"]
     assert all(i.fingerprint.startswith("etag:") for i in task.inputs)
+
+
+def test_demo_era_task_is_speeches_the_demo_corpus_never_sees():
+    """The built-in task: paragraphs of held-out speeches labelled by era, fine-tuned and tested
+    on different speeches, none of them in the `demo` corpus."""
+    task = read_task(TaskSpec.parse("demo-era"))
+    assert task.name == "demo-era" and task.problem == "classification"
+    assert task.label_names == [label for _, label in demo_task.ERAS]
+    train, test = demo_task.era_splits()
+    assert not set(train.speeches) & set(test.speeches)
+    corpus = {Path(f.uri).name for f in resolve_sources(["demo"])[0]}
+    assert not corpus & set(train.speeches + test.speeches)
+    assert len(corpus) + len(set(train.speeches + test.speeches)) == len(demo_task.all_speeches())
+    for split in (task.train, task.evaluation):
+        assert len(split) > 500 and set(split.labels.tolist()) == {0, 1, 2, 3}
+    assert all(text in demo_task.speech_paragraphs(text) for text in task.train.texts[:5])
+    inputs = task_inputs(TaskSpec.parse("demo-era"))
+    assert inputs == task.inputs and {i.uri for i in inputs} == {
+        f"demo://sotu/{name}" for name in set(train.speeches + test.speeches)
+    }

@@ -91,18 +91,49 @@ def test_exact_duplicates_after_normalisation_are_removed_keeping_first_source(t
 
 def test_split_is_by_document_hash_and_stable_when_other_documents_change(tmp_path, store):
     write_docs(tmp_path / "in", 50)
-    first = ingest(
-        IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.3, workers=1), store
-    )
+    config = IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.3,
+                          min_validation_documents=0, workers=1)  # fmt: skip
+    first = ingest(config, store)
     validation = {d for d, _ in iter_documents(store, first.manifest, "validation")}
     write_docs(tmp_path / "in", 5, prefix="extra")  # new documents must not move old ones
-    second = ingest(
-        IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.3, workers=1), store
-    )
+    second = ingest(config, store)
     assert second.manifest.id != first.manifest.id
     validation2 = {d for d, _ in iter_documents(store, second.manifest, "validation")}
     assert validation <= validation2
     assert 5 <= len(validation) <= 25
+
+
+def test_validation_is_topped_up_to_its_minimum_with_the_next_hashes(tmp_path):
+    """A 1% split of 60 documents holds about none; the minimum moves the train documents with
+    the lowest hashes, the same ones for any worker count, with duplicates kept together."""
+    write_docs(tmp_path / "in", 60)
+    (tmp_path / "in" / "copy.txt").write_text((tmp_path / "in" / "doc007.txt").read_text())
+    outputs = []
+    for workers in (1, 2):
+        store = ArtifactStore(str(tmp_path / f"store{workers}"))
+        config = IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.01,
+                              min_validation_documents=12, workers=workers,
+                              target_file_mb=0.002)  # fmt: skip
+        m = ingest(config, store).manifest
+        outputs.append(corpus_bytes(store, m.id))
+        ids = {split: [d for d, _ in iter_documents(store, m, split)]
+               for split in ("train", "validation")}  # fmt: skip
+    assert outputs[0] == outputs[1]
+    assert m.stats["documents"] == {"train": 48, "validation": 12}
+    assert m.stats["validation_topped_up"] >= 6 and m.stats["warnings"] == []
+    assert max(ids["validation"]) < min(ids["train"])  # the next hashes, not any twelve
+    assert m.stats["duplicates_removed"] == 1
+
+
+def test_validation_minimum_takes_at_most_a_quarter_and_says_so(tmp_path, store):
+    write_docs(tmp_path / "in", 20)
+    m = ingest(IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.01,
+                            min_validation_documents=10, workers=1), store).manifest  # fmt: skip
+    assert m.stats["documents"] == {"train": 15, "validation": 5}
+    assert "holds 5 documents, fewer than min_validation_documents 10" in m.stats["warnings"][0]
+    none = ingest(IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0,
+                               workers=1), store).manifest  # fmt: skip
+    assert none.stats["documents"]["validation"] == 0 and none.stats["warnings"] == []
 
 
 def test_rerun_is_cached_and_config_change_makes_a_new_id(tmp_path, store):
