@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", action="append", default=[], metavar="SPEC", dest="task_specs",
         help="a labelled task: PATH (a GLUE folder such as SST-2/, or a .csv/.tsv/.jsonl/"
         ".parquet file or folder of train/test files), or key=value pairs such as "
-        "path=reviews.csv,text_field=body,label_field=stars,name=reviews; repeat for more",
+        "path=reviews.csv,text_field=body,label_field=stars,name=reviews,seeds=5 (seeds: this "
+        "task's fine-tuning runs); repeat for more",
     )  # fmt: skip
     evaluate.add_argument(
         "--compare", nargs="+", metavar="EVALUATION_ID",
@@ -185,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", parents=[common], help="write a model's HuggingFace folder",
         description="Copy a model artifact's HuggingFace export (config.json, model.safetensors, "
-        "tokenizer files) into a folder that transformers' from_pretrained loads.",
+        "tokenizer files) into a folder that transformers' from_pretrained loads, with a model "
+        "card (README.md) of its recipe, lineage and latest evaluation.",
     )  # fmt: skip
     export.add_argument("model", metavar="MODEL_ID")
     export.add_argument("--out", required=True, type=Path, metavar="DIR")
@@ -506,6 +508,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from bertflow.model.export import EXPORT_FILES
+    from bertflow.model.model_card import (
+        MODEL_CARD_FILE,
+        ModelFacts,
+        latest_evaluation,
+        render_model_card,
+    )
 
     store = _store(args)
     manifest = store.require(args.model, kind="model")
@@ -514,7 +522,12 @@ def _export(args: argparse.Namespace) -> int:
     for name in EXPORT_FILES:
         with store.open(manifest.id, f"{hf}/{name}") as src:
             (args.out / name).write_bytes(src.read())
-    print(f"{manifest.id}: wrote {', '.join(EXPORT_FILES)} to {args.out}")
+    evaluation = latest_evaluation(store, manifest.id)  # a later artifact than the model's hf/
+    card = render_model_card(store, ModelFacts.of(manifest), evaluation)
+    (args.out / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+    print(f"{manifest.id}: wrote {', '.join(EXPORT_FILES)} and {MODEL_CARD_FILE} to {args.out}")
+    print("  model card: " + (f"with the scores of {evaluation.id}" if evaluation else
+                              "no evaluation of this model in the store yet"))  # fmt: skip
     print("  load with transformers: BertForPreTraining.from_pretrained(DIR), "
           "AutoTokenizer.from_pretrained(DIR)")  # fmt: skip
     return 0

@@ -3,9 +3,12 @@
 - Intrinsic (`intrinsic.py`): MLM loss and accuracy, perplexity and NSP/SOP accuracy on the
   validation shards of the model's own lineage, at fixed 15% masks.
 - Downstream (`finetune.py`): the pretrained encoder fine-tuned on each labelled task
-  (`pipeline/downstream.py` reads them) for several seeds; the median and the spread of each
-  metric, beside baselines on the same split: TF-IDF + logistic regression (`baselines.py`) and
-  the same encoder fine-tuned from a random initialisation, so every number has a reference.
+  (`pipeline/downstream.py` reads them) for several seeds (`EvaluateConfig.task_seeds`); the
+  median, mean and spread of each metric, beside baselines on the same split: TF-IDF + logistic
+  regression (`baselines.py`) and the same encoder fine-tuned from a random initialisation, so
+  every number has a reference. Each run keeps the epoch that scores best on a dev split held
+  out of the training examples (`dev_split`); every contender trains on the same reduced
+  training set, and the evaluation split chooses nothing.
 
 Everything is checked (the model id, every task file) before any work, and the artifact is
 published only once every number exists, so a failed evaluation publishes nothing.
@@ -40,10 +43,11 @@ from bertflow.model.finetune import (
     finetune,
 )
 from bertflow.model.intrinsic import batch_count, intrinsic_metrics, validation_dataset
-from bertflow.model.metrics import compute_metrics, summarize_runs
-from bertflow.pipeline.downstream import TaskData, TaskSpec, TaskSplit, read_task
+from bertflow.model.metrics import HIGHER_IS_BETTER, compute_metrics, summarize_runs
+from bertflow.pipeline.downstream import Problem, TaskData, TaskSpec, TaskSplit, read_task
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
+from bertflow.pipeline.seeds import derive_seed
 from bertflow.pipeline.store import ArtifactStore, Published
 
 RESULTS_FILE, REPORT_FILE, CURVES_FILE = "results.json", "report.md", "curves.png"
@@ -175,20 +179,43 @@ def load_pretrained(store: ArtifactStore, model: Manifest) -> tuple[Any, Tokeniz
     return network, tokenizer
 
 
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task as every contender sees it: the same training examples, dev split and seeds."""
+
+    task: TaskData
+    train: TaskSplit  # what the model and every baseline train on
+    dev: TaskSplit | None  # what chooses each run's epoch; None: the last epoch is kept
+    seeds: list[int]
+
+
+def prepare_task(task: TaskData, spec: TaskSpec, config: EvaluateConfig) -> PreparedTask:
+    """The seeded training sample, the dev split held out of it, and the task's seeds."""
+    sample = training_sample(task.train, config.max_train_examples, config.seed)
+    if task.dev is not None and config.dev_fraction > 0:  # the task's own: nothing carved
+        train, dev = sample, task.dev
+    else:
+        train, dev = dev_split(sample, task.problem, config.dev_fraction, config.seed)
+    return PreparedTask(task, train, dev, config.task_seeds(spec, len(train)))
+
+
 @dataclass
 class TaskOutcome:
     """One task's numbers: metric -> summary over seeds, for the model and each baseline."""
 
-    task: TaskData
+    prepared: PreparedTask
     truncated: dict[str, int]
-    trained_on: int
     model: dict[str, dict[str, Any]]
     baselines: dict[str, dict[str, dict[str, Any]]]
     runs: dict[str, list[FinetuneRun]]
     seconds: float
 
+    @property
+    def task(self) -> TaskData:
+        return self.prepared.task
+
     def stats(self, max_seq_len: int) -> dict[str, Any]:
-        t = self.task
+        t, dev = self.task, self.prepared.dev
         return {
             "problem": t.problem,
             "num_labels": t.num_labels,
@@ -198,12 +225,25 @@ class TaskOutcome:
             "evaluation_split": t.evaluation_split,
             "split_origin": t.split_origin,
             "examples": {"train": len(t.train.labels), "evaluation": len(t.evaluation.labels)},
-            "trained_on": self.trained_on,  # --max-train-examples' sample, for every contender
+            "trained_on": len(self.prepared.train),  # the same examples for every contender
+            "dev": None if dev is None else {
+                "origin": "files" if dev is t.dev else "train", "examples": len(dev)},
+            "seeds": self.prepared.seeds,
+            "selection": self.selection(),
             "max_seq_len": max_seq_len,
             "truncated": self.truncated,
             "model": self.model,
             "baselines": self.baselines,
         }
+
+    def selection(self) -> dict[str, Any]:
+        """How each fine-tuning run chose its epoch, the epoch it kept and, with a dev split, the
+        dev score of every epoch (contender -> one entry per seed)."""
+        epochs = {label: [r.selected_epoch for r in rs] for label, rs in self.runs.items()}
+        if self.prepared.dev is None:
+            return {"by": "last epoch", "epochs": epochs}
+        scores = {label: [r.epoch_scores for r in rs] for label, rs in self.runs.items()}
+        return {"by": f"best dev {self.task.metrics[0]}", "epochs": epochs, "dev_scores": scores}
 
 
 def evaluate(
@@ -224,16 +264,17 @@ def evaluate(
         if dataset is None:
             warnings.append(f"{plan.model.upstream['shards']} has no validation examples: "
                             "no intrinsic metrics")  # fmt: skip
-    samples = [training_sample(t.train, c.max_train_examples, c.seed) for t in plan.tasks]
-    encoded = [_encode_task(tokenizer, s, t, plan.max_seq_len)
-               for s, t in zip(samples, plan.tasks, strict=True)]  # fmt: skip
-    runs_per_task = len(c.run_seeds()) * (1 + ("random-init" in c.baselines))
+    prepared = [prepare_task(t, spec, c) for t, spec in zip(plan.tasks, c.tasks, strict=True)]
+    encoded = [_encode_task(tokenizer, p, plan.max_seq_len) for p in prepared]
+    contenders = 1 + ("random-init" in c.baselines)
     total = (batch_count(dataset, c.intrinsic_max_batches) if dataset else 0) + sum(
-        runs_per_task * c.epochs * -(-len(train) // c.batch_size) for train, _ in encoded
+        contenders * len(p.seeds) * c.epochs * -(-len(p.train) // c.batch_size) for p in prepared
     )
     progress = EvaluationProgress(total, callbacks)
     try:
         intrinsic: dict[str, Any] = {}
+        if c.intrinsic and dataset is None:
+            intrinsic = {"not_measured": "the shards have an empty validation split"}
         if dataset is not None:
             progress.phase("intrinsic")
             nsp = plan.model.layout.get("objective") != "none"
@@ -241,12 +282,12 @@ def evaluate(
                                           max_batches=c.intrinsic_max_batches,
                                           on_batch=progress.step)  # fmt: skip
         outcomes = {}
-        for task, sample, (train, evaluation) in zip(plan.tasks, samples, encoded, strict=True):
-            outcomes[task.name] = _run_task(task, sample, train, evaluation, architecture,
-                                            encoder, c, device, progress)  # fmt: skip
-            for split, n in outcomes[task.name].truncated.items():
+        for task, data in zip(prepared, encoded, strict=True):
+            name = task.task.name
+            outcomes[name] = _run_task(task, data, architecture, encoder, c, device, progress)
+            for split, n in outcomes[name].truncated.items():
                 if n:
-                    warnings.append(f"{task.name}: {n:,} {split} examples longer than "
+                    warnings.append(f"{name}: {n:,} {split} examples longer than "
                                     f"{plan.max_seq_len} tokens were truncated")  # fmt: skip
     finally:
         progress.close()
@@ -259,29 +300,66 @@ def training_sample(train: TaskSplit, limit: int | None, seed: int) -> TaskSplit
     if limit is None or len(train.labels) <= limit:
         return train
     pick = np.sort(np.random.default_rng(seed).permutation(len(train.labels))[:limit])
+    return _take(train, pick, train.source)
+
+
+def dev_split(
+    train: TaskSplit, problem: Problem, fraction: float, seed: int
+) -> tuple[TaskSplit, TaskSplit | None]:
+    """(train, dev): a seeded `fraction` of the training examples held out to choose each run's
+    epoch, drawn class by class for classification (a class of two or more examples gives at
+    least one, and keeps at least one to train on), both in file order. Every contender gets
+    the same split. Fraction 0, or too few examples to spare one: no dev split."""
+    if fraction == 0:
+        return train, None
+    rng = np.random.default_rng(derive_seed(seed, "dev"))
+    if problem == "classification":
+        groups = [np.flatnonzero(train.labels == c) for c in np.unique(train.labels)]
+    else:
+        groups = [np.arange(len(train.labels))]
+    held = [rng.permutation(g)[: _held_out(len(g), fraction)] for g in groups]
+    dev = np.sort(np.concatenate(held))
+    if dev.size == 0:
+        return train, None
+    keep = np.setdiff1d(np.arange(len(train.labels)), dev)
+    return _take(train, keep, train.source), _take(train, dev, f"{train.source} (dev, seeded)")
+
+
+def _held_out(n: int, fraction: float) -> int:
+    """round(n * fraction), at least 1 and at most n - 1 (0 when n < 2)."""
+    return max(0, min(max(round(n * fraction), 1), n - 1))
+
+
+def _take(split: TaskSplit, pick: np.ndarray, source: str) -> TaskSplit:
     return replace(
-        train,
-        texts=[train.texts[i] for i in pick],
-        pairs=[train.pairs[i] for i in pick] if train.pairs is not None else None,
-        labels=train.labels[pick],
+        split,
+        texts=[split.texts[i] for i in pick],
+        pairs=[split.pairs[i] for i in pick] if split.pairs is not None else None,
+        labels=split.labels[pick],
+        source=source,
     )
 
 
-def _encode_task(
-    tokenizer: Tokenizer, train: TaskSplit, task: TaskData, max_seq_len: int
-) -> tuple[Encoded, Encoded]:
-    ev = task.evaluation
-    return (
-        encode(tokenizer, train.texts, train.pairs, train.labels, max_seq_len),
-        encode(tokenizer, ev.texts, ev.pairs, ev.labels, max_seq_len),
-    )
+@dataclass(frozen=True)
+class EncodedTask:
+    """A prepared task's splits as token ids."""
+
+    train: Encoded
+    dev: Encoded | None
+    evaluation: Encoded
+
+
+def _encode_task(tokenizer: Tokenizer, task: PreparedTask, max_seq_len: int) -> EncodedTask:
+    def split(s: TaskSplit) -> Encoded:
+        return encode(tokenizer, s.texts, s.pairs, s.labels, max_seq_len)
+
+    dev = split(task.dev) if task.dev is not None else None
+    return EncodedTask(split(task.train), dev, split(task.task.evaluation))
 
 
 def _run_task(
-    task: TaskData,
-    sample: TaskSplit,
-    train: Encoded,
-    evaluation: Encoded,
+    prepared: PreparedTask,
+    data: EncodedTask,
     architecture: Any,
     encoder: dict[str, torch.Tensor],
     c: EvaluateConfig,
@@ -289,21 +367,22 @@ def _run_task(
     progress: EvaluationProgress,
 ) -> TaskOutcome:
     started = time.monotonic()
-    labels = evaluation.labels
+    task, labels = prepared.task, data.evaluation.labels
     primary = task.metrics[0]
 
-    def score(predictions: np.ndarray) -> float:
-        return compute_metrics([primary], predictions, labels)[primary]
+    def scorer(truth: np.ndarray) -> Callable[[np.ndarray], float]:
+        return lambda predictions: compute_metrics([primary], predictions, truth)[primary]
 
     def runs(weights: dict[str, torch.Tensor] | None, label: str) -> list[FinetuneRun]:
         out = []
-        for seed in c.run_seeds():
+        for seed in prepared.seeds:
             progress.phase(f"{task.name}: {label}, seed {seed}")
             out.append(finetune(
-                architecture, weights, train, evaluation, problem=task.problem,
+                architecture, weights, data.train, data.evaluation, problem=task.problem,
                 num_labels=task.num_labels, config=c.finetune_config(architecture.hidden_size),
-                seed=seed,
-                device=device, score=score, on_step=progress.step,
+                seed=seed, device=device, score=scorer(labels), on_step=progress.step,
+                dev=data.dev, dev_score=scorer(data.dev.labels) if data.dev else None,
+                higher_is_better=HIGHER_IS_BETTER[primary],
             ))  # fmt: skip
         return out
 
@@ -319,14 +398,15 @@ def _run_task(
             baselines[name] = summary([r.predictions for r in all_runs[name]])
         else:
             progress.phase(f"{task.name}: tf-idf")
-            ev = task.evaluation
-            result = tfidf_baseline(sample.texts, sample.pairs, sample.labels, ev.texts,
+            train, ev = prepared.train, task.evaluation
+            result = tfidf_baseline(train.texts, train.pairs, train.labels, ev.texts,
                                     ev.pairs, task.problem, seed=c.seed)  # fmt: skip
             baselines[name] = summary([result.predictions])
+    truncated = {"train": data.train.truncated, "dev": data.dev.truncated if data.dev else 0,
+                 "evaluation": data.evaluation.truncated}  # fmt: skip
     return TaskOutcome(
-        task=task,
-        truncated={"train": train.truncated, "evaluation": evaluation.truncated},
-        trained_on=len(train),
+        prepared=prepared,
+        truncated=truncated,
         model=summary([r.predictions for r in all_runs["pretrained"]]),
         baselines=baselines,
         runs=all_runs,
@@ -351,7 +431,6 @@ def build_and_publish(
     stats: dict[str, Any] = {
         "intrinsic": intrinsic,
         "tasks": {name: o.stats(plan.max_seq_len) for name, o in outcomes.items()},
-        "seeds": plan.config.run_seeds(),
         "lr": plan.config.resolved_lr(int(plan.model.layout["architecture"]["hidden_size"])),
         "task_seconds": {name: round(o.seconds, 1) for name, o in outcomes.items()},
         "device": str(resolve_device(plan.config.device)),

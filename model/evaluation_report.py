@@ -44,10 +44,13 @@ def fmt(value: float | None, metric: str = "") -> str:
 
 
 def spread(summary: dict[str, Any]) -> str:
-    """`median (min–max, n runs)`, or the value alone for a single run."""
+    """`median (min–max), mean ± std` over the runs, or the value alone for a single run."""
     if len(summary["runs"]) == 1:
         return fmt(summary["median"])
-    return f"{fmt(summary['median'])} ({fmt(summary['min'])}–{fmt(summary['max'])})"
+    # Evaluations made before the mean was stored have their runs, which give it.
+    mean = summary.get("mean", float(np.mean(summary["runs"])))
+    return (f"{fmt(summary['median'])} ({fmt(summary['min'])}–{fmt(summary['max'])}), "
+            f"{fmt(mean)} ± {fmt(summary['std'])}")  # fmt: skip
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -112,7 +115,8 @@ def lineage_section(
 def intrinsic_section(intrinsic: dict[str, Any]) -> list[str]:
     lines = ["## Intrinsic (validation shards, fixed 15% masks)", ""]
     if "mlm_loss" not in intrinsic:
-        return lines + ["Not measured (no validation examples, or switched off).", ""]
+        why = intrinsic.get("not_measured", "switched off")
+        return lines + [f"Not measured: {why}.", ""]
     lines += ["| metric | value |", "|---|---:|"]
     for key, label, _ in INTRINSIC:
         if key in intrinsic:
@@ -128,22 +132,30 @@ def downstream_section(
     if not tasks:
         return lines + ["No tasks given.", ""]
     head, rows = downstream_table(tasks, config)
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines += [*markdown_table(head, rows, text_columns=3), "", *selection_lines(tasks)]
     recipe = {**config, "lr": lr}
-    lines += ["", "Fine-tuning: " + ", ".join(
-        f"{k} {recipe.get(k)}" for k in ("epochs", "lr", "batch_size", "max_train_examples")
+    lines += ["Fine-tuning: " + ", ".join(
+        f"{k} {recipe.get(k)}" for k in ("epochs", "lr", "batch_size", "max_train_examples",
+                                         "dev_fraction")
         if recipe.get(k) is not None
-    ) + "; examples per split and truncation per task in `results.json`.", ""]  # fmt: skip
+    ) + "; examples per split, truncation and every run's dev scores per epoch in "
+        "`results.json`.", ""]  # fmt: skip
     return lines
+
+
+def markdown_table(head: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """A markdown table's lines: the first `text_columns` aligned left, numbers right."""
+    rule = "|" + "---|" * text_columns + "---:|" * (len(head) - text_columns)
+    return ["| " + " | ".join(head) + " |", rule, *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def downstream_table(
     tasks: dict[str, Any], config: dict[str, Any]
 ) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): each task metric, the model's median and spread beside the baselines."""
+    """(header, rows): each task metric, the model's median, range, mean and standard deviation
+    over its seeds beside the baselines."""
     baselines = list(config.get("baselines", []))
-    head = ["task", "split", "metric", f"pretrained, median of {config.get('seeds')} (min–max)"]
+    head = ["task", "split", "metric", "seeds", "pretrained: median (min–max), mean ± std"]
     head += [BASELINE_LABELS.get(b, b) for b in baselines] + ["vs best baseline"]
     rows = []
     for name, task in tasks.items():
@@ -151,11 +163,28 @@ def downstream_table(
         for metric in task["metrics"]:
             model = task["model"][metric]
             refs = [task["baselines"][b][metric]["median"] for b in baselines]
-            cells = [name, split, metric, spread(model)]
+            cells = [name, split, metric, str(len(model["runs"])), spread(model)]
             cells += [spread(task["baselines"][b][metric]) for b in baselines]
             cells.append(_versus(model["median"], refs, metric))
             rows.append(cells)
     return head, rows
+
+
+def selection_lines(tasks: dict[str, Any]) -> list[str]:
+    """How each task's runs chose their epoch, and the epoch each kept."""
+    lines = []
+    for name, task in tasks.items():
+        selection = task.get("selection")
+        if selection is None:  # evaluations from before model selection kept the last epoch
+            continue
+        dev = task.get("dev")
+        how = (f"the best dev {task['primary']} on {dev['examples']:,} training examples held "
+               f"out (the {task['evaluation_split']} split chose nothing)" if dev
+               else "the last epoch (no dev split)")  # fmt: skip
+        kept = "; ".join(f"{BASELINE_LABELS.get(label, label)} {', '.join(map(str, epochs))}"
+                         for label, epochs in selection["epochs"].items())  # fmt: skip
+        lines.append(f"- {name}: each run kept the epoch with {how}. Epochs kept: {kept}.")
+    return [*lines, ""] if lines else []
 
 
 def _versus(value: float, references: list[float], metric: str) -> str:
@@ -169,17 +198,28 @@ def _versus(value: float, references: list[float], metric: str) -> str:
 # -- comparisons ------------------------------------------------------------------------------
 
 
-def headline_metrics(manifest: Manifest) -> dict[str, tuple[float, bool]]:
-    """`label -> (value, higher is better)`: intrinsic metrics and each task metric's median."""
-    out: dict[str, tuple[float, bool]] = {}
+@dataclass(frozen=True)
+class Headline:
+    """One headline number of an evaluation, to compare and to show."""
+
+    value: float  # what comparisons compare: an intrinsic value, or a median over seeds
+    higher_is_better: bool
+    cell: str  # what tables show: a task metric's median with its range, mean and std
+
+
+def headline_metrics(manifest: Manifest) -> dict[str, Headline]:
+    """`label -> Headline`: intrinsic metrics and each task metric of the pretrained model."""
+    out: dict[str, Headline] = {}
     intrinsic = manifest.stats.get("intrinsic", {})
     for key, label, higher in INTRINSIC:
         if key in intrinsic:
-            out[f"intrinsic {label}"] = (float(intrinsic[key]), higher)
+            value = float(intrinsic[key])
+            out[f"intrinsic {label}"] = Headline(value, higher, fmt(value, key))
     for name, task in manifest.stats.get("tasks", {}).items():
         for metric in task["metrics"]:
-            value = float(task["model"][metric]["median"])
-            out[f"{name} {metric}"] = (value, HIGHER_IS_BETTER.get(metric, True))
+            summary = task["model"][metric]
+            higher = HIGHER_IS_BETTER.get(metric, True)
+            out[f"{name} {metric}"] = Headline(float(summary["median"]), higher, spread(summary))
     return out
 
 
@@ -216,8 +256,8 @@ class Change:
 def changes(previous: Manifest, current: Manifest) -> list[Change]:
     before, after = headline_metrics(previous), headline_metrics(current)
     return [
-        Change(metric, before[metric][0], value, higher)
-        for metric, (value, higher) in after.items()
+        Change(metric, before[metric].value, h.value, h.higher_is_better)
+        for metric, h in after.items()
         if metric in before
     ]
 
@@ -233,14 +273,16 @@ def comparison_markdown(previous: Manifest | None, current: Manifest) -> str:
         "| metric | before | after | change | |",
         "|---|---:|---:|---:|---|",
     ]
+    before, after = headline_metrics(previous), headline_metrics(current)
     for c in changes(previous, current):
-        lines.append(f"| {c.metric} | {fmt(c.before)} | {fmt(c.after)} | {c.delta:+.4f} | "
-                     f"{c.verdict} |")  # fmt: skip
+        lines.append(f"| {c.metric} | {before[c.metric].cell} | {after[c.metric].cell} | "
+                     f"{c.delta:+.4f} | {c.verdict} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def comparison_table(manifests: list[Manifest]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of several evaluations side by side: one row per metric, one column each."""
+    """(header, rows) of several evaluations side by side: one row per metric, one column each
+    (a task metric's median, with its range, mean and standard deviation over seeds)."""
     metrics = [headline_metrics(m) for m in manifests]
     names: list[str] = []
     for per in metrics:
@@ -248,7 +290,7 @@ def comparison_table(manifests: list[Manifest]) -> tuple[list[str], list[list[st
     header = ["metric"] + [m.id for m in manifests]
     rows = [["model"] + [str(m.upstream.get("model")) for m in manifests]]
     for name in names:
-        rows.append([name] + [fmt(per[name][0]) if name in per else "—" for per in metrics])
+        rows.append([name] + [per[name].cell if name in per else "—" for per in metrics])
     return header, rows
 
 
@@ -266,14 +308,15 @@ def render_text_table(header: list[str], rows: list[list[str]], text_columns: in
 
 
 def metric_rows(stats: dict[str, Any]) -> list[dict[str, str]]:
-    """Every number as table rows (the Prefect table artifact)."""
+    """Every number as table rows (the Prefect table artifact): the pretrained model's median
+    with the mean, standard deviation and range over its seeds, beside the baselines."""
     rows = []
     intrinsic = stats.get("intrinsic", {})
     for key, label, _ in INTRINSIC:
         if key in intrinsic:
             rows.append({"task": "intrinsic", "split": "validation shards", "metric": label,
-                         "pretrained": fmt(intrinsic[key], key), "min": "", "max": "", "std": "",
-                         "baselines": ""})  # fmt: skip
+                         "seeds": "", "pretrained": fmt(intrinsic[key], key), "mean": "",
+                         "std": "", "min": "", "max": "", "baselines": ""})  # fmt: skip
     for name, task in stats.get("tasks", {}).items():
         for metric in task["metrics"]:
             m = task["model"][metric]
@@ -281,8 +324,9 @@ def metric_rows(stats: dict[str, Any]) -> list[dict[str, str]]:
                              for b, v in task["baselines"].items())  # fmt: skip
             rows.append({
                 "task": name, "split": task["evaluation_split"], "metric": metric,
-                "pretrained": fmt(m["median"]), "min": fmt(m["min"]), "max": fmt(m["max"]),
-                "std": fmt(m["std"]), "baselines": refs,
+                "seeds": str(len(m["runs"])), "pretrained": fmt(m["median"]),
+                "mean": fmt(m.get("mean", float(np.mean(m["runs"])))), "std": fmt(m["std"]),
+                "min": fmt(m["min"]), "max": fmt(m["max"]), "baselines": refs,
             })  # fmt: skip
     return rows
 
@@ -301,7 +345,8 @@ def plot_curves(
 ) -> None:
     """Left: the model's pretraining curves (train loss, validation MLM loss). Middle: the
     fine-tuning training loss of each task's first seed, pretrained and random-init. Right:
-    each task's evaluation metric after every epoch (median over seeds)."""
+    each task's primary metric on its dev split after every epoch (median over seeds), the curve
+    each run chose its epoch by (the evaluation split's, where a task had no dev split)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,7 +372,7 @@ def plot_curves(
                 scores.plot(range(1, len(medians) + 1), medians, marker="o",
                             linestyle="-" if label == "pretrained" else "--",
                             label=f"{task} {primary[task]} ({label})")  # fmt: skip
-    scores.set(title="evaluation split, after each epoch", xlabel="epoch",
+    scores.set(title="dev split after each epoch (evaluation split if none)", xlabel="epoch",
                ylabel="metric (median over seeds)")  # fmt: skip
     for ax in (left, right, scores):
         ax.grid(alpha=0.3)

@@ -2,9 +2,11 @@
 regression, with the same model code as pretraining and a plain PyTorch loop.
 
 A downstream task is small (thousands of examples, a few epochs): a Lightning trainer would cost
-more than the steps themselves on a CPU. Everything random (the classifier's initialisation,
-dropout, the example order) comes from the run's seed inside a forked generator state, so a run
-does not depend on what ran before it in the process.
+more than the steps themselves on a CPU. Given a dev split, a run keeps the epoch that scores best
+on it and predicts the evaluation split only with that epoch's weights: the evaluation split
+chooses nothing. Everything random (the classifier's initialisation, dropout, the example order)
+comes from the run's seed inside a forked generator state, so a run does not depend on what ran
+before it in the process.
 """
 
 from __future__ import annotations
@@ -98,12 +100,15 @@ def collate(data: Encoded, pick: np.ndarray, problem: Problem) -> dict[str, torc
 
 @dataclass
 class FinetuneRun:
-    """What one fine-tuning run leaves: predictions on the evaluation split after the last epoch,
-    and its curves (training loss every LOSS_EVERY steps, the evaluation metric per epoch)."""
+    """What one fine-tuning run leaves: predictions on the evaluation split from the epoch it kept,
+    and its curves (training loss every LOSS_EVERY steps, the selection score per epoch)."""
 
     predictions: np.ndarray
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
     epoch_scores: list[float] = field(default_factory=list)
+    """Per epoch: the dev score when a dev split chooses the epoch, else the evaluation score."""
+    selected_epoch: int = 0
+    """The epoch (1-based) whose predictions are kept: the best on dev, else the last."""
     steps: int = 0
     seconds: float = 0.0
 
@@ -131,10 +136,19 @@ def finetune(
     device: torch.device,
     score: Callable[[np.ndarray], float],
     on_step: Callable[[], None] = lambda: None,
+    dev: Encoded | None = None,
+    dev_score: Callable[[np.ndarray], float] | None = None,
+    higher_is_better: bool = True,
 ) -> FinetuneRun:
-    """Train a classifier on `train` for `config.epochs` and predict `evaluation` after each
-    epoch (`score` turns predictions into the curve's metric). Linear warm-up and decay, AdamW
-    without decay on biases and LayerNorm, gradient clipping at 1, bf16 autocast on GPUs."""
+    """Train a classifier on `train` for `config.epochs`. Linear warm-up and decay, AdamW without
+    decay on biases and LayerNorm, gradient clipping at 1, bf16 autocast on GPUs.
+
+    With a `dev` split, each epoch is scored on it (`dev_score`, best is highest unless
+    `higher_is_better` is False), the best epoch's weights are kept, and only they predict
+    `evaluation`: the evaluation split chooses nothing. Without one, `evaluation` is predicted
+    after every epoch (`score` gives the curve) and the last epoch is kept."""
+    if dev is not None and dev_score is None:
+        raise ValueError("finetune: a dev split needs dev_score to choose the epoch by")
     started = time.monotonic()
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -153,7 +167,8 @@ def finetune(
         order = np.random.default_rng(seed)
         run = FinetuneRun(predictions=np.empty(0))
         window: list[float] = []
-        for _ in range(config.epochs):
+        kept: dict[str, torch.Tensor] = {}
+        for epoch in range(1, config.epochs + 1):
             model.train()
             for pick in _batches(order.permutation(len(train)), config.batch_size):
                 batch = _to(collate(train, pick, problem), device)
@@ -172,10 +187,28 @@ def finetune(
                     run.loss_curve.append((run.steps, float(np.mean(window))))
                     window = []
                 on_step()
+            if dev is None or dev_score is None:  # no selection: the last epoch is kept
+                run.predictions = predict(model, evaluation, problem, device,
+                                          config.eval_batch_size)  # fmt: skip
+                run.epoch_scores.append(score(run.predictions))
+                run.selected_epoch = epoch
+            else:
+                dev_predictions = predict(model, dev, problem, device, config.eval_batch_size)
+                run.epoch_scores.append(dev_score(dev_predictions))
+                if best_epoch(run.epoch_scores, higher_is_better) == epoch:
+                    run.selected_epoch = epoch
+                    kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if kept:  # the best epoch on dev, and only it, predicts the evaluation split
+            model.load_state_dict(kept)
             run.predictions = predict(model, evaluation, problem, device, config.eval_batch_size)
-            run.epoch_scores.append(score(run.predictions))
     run.seconds = time.monotonic() - started
     return run
+
+
+def best_epoch(scores: Sequence[float], higher_is_better: bool = True) -> int:
+    """The 1-based epoch of the best score; the earliest of equal ones."""
+    values = np.asarray(scores, dtype=np.float64)
+    return 1 + int(np.argmax(values) if higher_is_better else np.argmin(values))
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, problem: Problem) -> torch.Tensor:

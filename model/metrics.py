@@ -168,9 +168,11 @@ def compute_metrics(
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One metric over several fine-tuning seeds: the median to report and the spread beside it."""
+    """One metric over several fine-tuning seeds: the median to report, and the mean, standard
+    deviation and range beside it."""
 
     median: float
+    mean: float
     min: float
     max: float
     std: float
@@ -182,6 +184,7 @@ class RunSummary:
         """Plain floats and a list, ready for JSON."""
         return {
             "median": self.median,
+            "mean": self.mean,
             "min": self.min,
             "max": self.max,
             "std": self.std,
@@ -196,6 +199,7 @@ def summarize_runs(values: Sequence[float]) -> RunSummary:
         raise ValueError(f"summarize_runs needs a non-empty flat list of values, got {values!r}")
     return RunSummary(
         median=float(np.median(runs)),
+        mean=float(runs.mean()),
         min=float(runs.min()),
         max=float(runs.max()),
         std=float(runs.std(ddof=0)),

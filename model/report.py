@@ -1,5 +1,6 @@
 """What a training run reports and leaves behind: progress lines while it runs, and at the end
-the `model` artifact (checkpoint, HuggingFace export, logs, loss curve, final metrics)."""
+the `model` artifact (checkpoint, HuggingFace export with its model card, logs, loss curve, final
+metrics)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 
 from bertflow.model.export import TOKENIZER_FILES, export_hf
+from bertflow.model.model_card import MODEL_CARD_FILE, ModelFacts, render_model_card
 from bertflow.model.train import PROGRESS_PREFIX
 from bertflow.pipeline.store import ArtifactStore, Published
 
@@ -107,13 +109,17 @@ def publish_model(
         plot_losses(history, staging / "loss.png", title=plan.artifact_id)
         stats = _stats(plan, history, final_validation, seconds, parameters, device, precision)
         (staging / "metrics.json").write_text(json.dumps(stats, indent=2) + "\n")
+        config = plan.config.model_dump(mode="json")
+        layout = {"architecture": asdict(plan.architecture), "tokenizer": plan.tokenizer_id,
+                  "checkpoint": "checkpoint/last.ckpt", "hf": "hf", "logs": "logs",
+                  "loss_curve": "loss.png", "objective": plan.shards.layout["objective"],
+                  "max_seq_len": plan.shards.layout["max_seq_len"]}  # fmt: skip
+        # Rendered before publishing, so without an evaluation; `bertflow export` adds the latest.
+        facts = ModelFacts(plan.artifact_id, config, plan.upstream, layout, stats)
+        (staging / "hf" / MODEL_CARD_FILE).write_text(render_model_card(store, facts))
         return store.publish(
-            staging, plan.artifact_id, config=plan.config.model_dump(mode="json"),
-            upstream=plan.upstream, stats=stats, flow_run_id=flow_run_id,
-            layout={"architecture": asdict(plan.architecture), "tokenizer": plan.tokenizer_id,
-                    "checkpoint": "checkpoint/last.ckpt", "hf": "hf", "logs": "logs",
-                    "loss_curve": "loss.png", "objective": plan.shards.layout["objective"],
-                    "max_seq_len": plan.shards.layout["max_seq_len"]},
+            staging, plan.artifact_id, config=config, upstream=plan.upstream, stats=stats,
+            layout=layout, flow_run_id=flow_run_id,
         )  # fmt: skip
 
 

@@ -80,6 +80,7 @@ class TaskData:
     evaluation_split: str  # "test", "dev" or "validation"
     split_origin: Literal["files", "seeded", "by-speech"]
     inputs: list[InputFingerprint]  # every file read
+    dev: TaskSplit | None = None  # the task's own dev split, beside a labelled test split
 
     @property
     def num_labels(self) -> int:
@@ -192,10 +193,11 @@ class _Plan:
     train: _TaskFile
     evaluation: _TaskFile | None  # None: the evaluation split is cut from train by seed
     evaluation_split: str
+    dev: _TaskFile | None = None  # a labelled dev file beside a labelled test file
 
     @property
     def files(self) -> list[_TaskFile]:
-        return [self.train] if self.evaluation is None else [self.train, self.evaluation]
+        return [f for f in (self.train, self.evaluation, self.dev) if f is not None]
 
 
 def _plan(spec: TaskSpec) -> _Plan:
@@ -255,7 +257,9 @@ def _plan_glue(
     if layout.test_file in files:
         test = _folder_file(fs, files, layout.test_file, spec.path)
         if _glue_file_has_labels(fs, test, layout):  # GLUE's own test files carry no labels
-            return _Plan(fs, "tsv", task, task, train, test, "test")
+            dev = _folder_file(fs, files, layout.dev_file, spec.path) if (
+                layout.dev_file in files) else None  # fmt: skip
+            return _Plan(fs, "tsv", task, task, train, test, "test", dev)
     if layout.dev_file in files:
         dev = _folder_file(fs, files, layout.dev_file, spec.path)
         return _Plan(fs, "tsv", task, task, train, dev, "dev")
@@ -282,7 +286,10 @@ def _plan_split_files(
     for split in EVALUATION_SPLITS:
         if f"{split}{ext}" in files:
             evaluation = _folder_file(fs, files, f"{split}{ext}", spec.path)
-            return _Plan(fs, fmt, None, PurePosixPath(root).name, train, evaluation, split)
+            dev = next((_folder_file(fs, files, f"{d}{ext}", spec.path)
+                        for d in EVALUATION_SPLITS[1:] if split == "test" and f"{d}{ext}" in files),
+                       None)  # fmt: skip
+            return _Plan(fs, fmt, None, PurePosixPath(root).name, train, evaluation, split, dev)
     wanted = ", ".join(f"{s}{ext}" for s in EVALUATION_SPLITS)
     raise InputError(f"{spec.path}: train{ext} needs one of {wanted} beside it (files: {found})")
 
@@ -597,7 +604,8 @@ def _read_glue(
         raise InputError(f"{spec.path}: problem is {spec.problem!r}, but GLUE {task} is {problem}")
     assert plan.evaluation is not None  # GLUE folders always hold their evaluation split
     splits = []
-    for file, split in ((plan.train, "train"), (plan.evaluation, plan.evaluation_split)):
+    files = [(plan.train, "train"), (plan.evaluation, plan.evaluation_split)]
+    for file, split in files + ([(plan.dev, "dev")] if plan.dev is not None else []):
         raw = _read_delimited(plan.fs, file, GLUE_DIALECT, _glue_columns(layout), layout.headerless)
         _require_rows(raw, split)
         splits.append(_task_split(raw, _glue_labels(raw, task, layout)))
@@ -611,6 +619,7 @@ def _read_glue(
         evaluation_split=plan.evaluation_split,
         split_origin="files",
         inputs=inputs,
+        dev=splits[2] if len(splits) > 2 else None,
     )
 
 
@@ -654,15 +663,23 @@ class _Labels:
 
 def _read_files(spec: TaskSpec, plan: _Plan, inputs: list[InputFingerprint]) -> TaskData:
     train, evaluation = _read_labels(spec, plan)
-    kind = _common_kind([train, evaluation])
-    problem = _problem(spec, kind, train, evaluation)
+    dev = None
+    if plan.dev is not None:
+        raw = _read_file(plan.fs, plan.dev, plan.format, train.raw.columns)
+        _require_rows(raw, "dev")
+        dev = _parse_labels(raw)
+    labelled = [train, evaluation] + ([dev] if dev is not None else [])
+    kind = _common_kind(labelled)
+    problem = _problem(spec, kind, *labelled)
     if problem == "regression":
         names = None
         train_y, eval_y = _targets(train), _targets(evaluation)
+        dev_y = _targets(dev) if dev is not None else None
         metrics: tuple[str, ...] = ("pearson", "spearman", "mse")
     else:
         names = _class_names(train, kind)
         train_y, eval_y = _class_ids(train, names), _class_ids(evaluation, names)
+        dev_y = _class_ids(dev, names) if dev is not None else None
         metrics = ("accuracy", "f1") if len(names) == 2 else ("accuracy", "macro_f1")
     return TaskData(
         name=spec.name or plan.default_name,
@@ -674,6 +691,7 @@ def _read_files(spec: TaskSpec, plan: _Plan, inputs: list[InputFingerprint]) -> 
         evaluation_split=plan.evaluation_split,
         split_origin="seeded" if plan.evaluation is None else "files",
         inputs=inputs,
+        dev=_task_split(dev.raw, dev_y) if dev is not None and dev_y is not None else None,
     )
 
 

@@ -17,7 +17,8 @@ _KEY_VALUE_SPEC = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*=")
 
 
 class TaskSpec(BaseModel):
-    """Where a labelled task lives and how to read it. Every field shapes the data read."""
+    """Where a labelled task lives, how to read it and how often to fine-tune on it. Every field
+    but `seeds` shapes the data read."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,6 +60,13 @@ class TaskSpec(BaseModel):
         description="Share of a single file's rows held out for evaluation (a seeded split).",
     )
     split_seed: int = Field(0, description="Seed of the split of a single file.")
+    seeds: int | None = Field(
+        None,
+        ge=1,
+        le=20,
+        description="Fine-tuning runs on this task; None: the evaluation's seeds, else by the "
+        "task's size (5 under 10,000 training examples, 3 under 100,000, else 1).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
@@ -106,5 +114,7 @@ class TaskSpec(BaseModel):
             raise InputError(f"task spec {spec!r}: {problems}") from None
 
     def identity(self) -> dict[str, Any]:
-        """What shapes the data: every field (the files enter ids through their fingerprints)."""
-        return self.model_dump(mode="json")
+        """What shapes the data: every field but `seeds` (the files enter ids through their
+        fingerprints). Evaluations of the same data with other seed counts stay comparable; the
+        seeds still enter the evaluation's id, through its config."""
+        return self.model_dump(mode="json", exclude={"seeds"})

@@ -79,7 +79,7 @@ def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served,
     assert done is not None, f"the run did not finish:\n{served['log'].read_text()[-3000:]}"
     assert done.state.is_completed(), served["log"].read_text()[-3000:]
     [evaluation] = store.list("evaluation")
-    assert evaluation.stats["seeds"] == [0, 1]
+    assert [t["seeds"] for t in evaluation.stats["tasks"].values()] == [[0, 1]]
     assert {m.kind for m in store.list()} == {"corpus", "tokenizer", "shards", "model",
                                               "evaluation"}  # fmt: skip
     [summary] = prefect_records.artifacts(run.id, "markdown")

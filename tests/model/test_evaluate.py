@@ -16,19 +16,25 @@ from bertflow.model.baselines import tfidf_baseline
 from bertflow.model.evaluate import (
     EvaluateConfig,
     build_and_publish,
+    dev_split,
     load_pretrained,
     plan_evaluation,
     run_evaluation,
     training_sample,
 )
+from bertflow.model.evaluate_config import default_seed_count
 from bertflow.model.evaluation_report import (
     changes,
     comparison_table,
+    fmt,
+    metric_rows,
     previous_evaluation,
     render_text_table,
 )
+from bertflow.model.finetune import best_epoch
 from bertflow.model.intrinsic import intrinsic_metrics, validation_dataset
-from bertflow.pipeline.downstream import TaskSpec, read_task
+from bertflow.model.metrics import HIGHER_IS_BETTER
+from bertflow.pipeline.downstream import TaskSpec, TaskSplit, read_task
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.store import ArtifactStore, StoreError
 
@@ -130,7 +136,7 @@ def test_evaluation_reports_every_metric_with_its_spread_and_baselines(evaluated
     store, manifest, config = evaluated
     assert manifest.kind == "evaluation" and manifest.upstream == {"model": tiny_model}
     stats = manifest.stats
-    assert stats["seeds"] == [0, 1]
+    assert [t["seeds"] for t in stats["tasks"].values()] == [[0, 1], [0, 1]]
     assert {"mlm_loss", "mlm_acc", "perplexity", "nsp_acc", "examples"} <= stats["intrinsic"].keys()
 
     sentiment = stats["tasks"]["sentiment"]
@@ -155,10 +161,12 @@ def test_evaluation_reports_every_metric_with_its_spread_and_baselines(evaluated
 def test_too_long_inputs_are_truncated_and_counted(evaluated):
     _, manifest, _ = evaluated
     overlap = manifest.stats["tasks"]["overlap"]
-    # every 20th of 200 rows carries 300 extra words; the seeded split decides which side each is
-    assert overlap["truncated"]["train"] + overlap["truncated"]["evaluation"] == 10
+    # every 20th of 200 rows carries 300 extra words; the seeded splits decide which side each is
+    assert sum(overlap["truncated"].values()) == 10
+    assert set(overlap["truncated"]) == {"train", "dev", "evaluation"}
     assert any("truncated" in w and w.startswith("overlap:") for w in manifest.stats["warnings"])
-    assert manifest.stats["tasks"]["sentiment"]["truncated"] == {"train": 0, "evaluation": 0}
+    assert manifest.stats["tasks"]["sentiment"]["truncated"] == {"train": 0, "dev": 0,
+                                                                 "evaluation": 0}  # fmt: skip
 
 
 def test_artifact_holds_results_report_with_lineage_and_curves(evaluated, tiny_shards):
@@ -170,12 +178,94 @@ def test_artifact_holds_results_report_with_lineage_and_curves(evaluated, tiny_s
     assert results["tasks"] == manifest.stats["tasks"]
     assert len(results["curves"]["sentiment"]["pretrained"]) == 2  # a loss curve per seed
     assert len(results["epoch_scores"]["sentiment"]["random-init"][0]) == 4  # one per epoch
+    selection = manifest.stats["tasks"]["sentiment"]["selection"]
+    assert results["epoch_scores"]["sentiment"] == selection["dev_scores"]  # what chose epochs
     report = (folder / "report.md").read_text()
     for upstream in (tiny_shards.corpus_id, tiny_shards.tokenizer_id, tiny_shards.shards_id):
         assert upstream in report
     assert "| sentiment | test (48) | accuracy |" in report
     assert "TF-IDF" in report and "random init" in report
     assert "preset tiny" in report  # the training recipe
+
+
+def test_every_summary_has_the_mean_and_std_of_its_runs_and_every_report_shows_them(evaluated):
+    store, manifest, _ = evaluated
+    for task in manifest.stats["tasks"].values():
+        for summaries in (task["model"], *task["baselines"].values()):
+            for summary in summaries.values():
+                assert summary["median"] == pytest.approx(np.median(summary["runs"]))
+                assert summary["mean"] == pytest.approx(np.mean(summary["runs"]))
+                assert summary["std"] == pytest.approx(np.std(summary["runs"]))
+    a = manifest.stats["tasks"]["sentiment"]["model"]["accuracy"]
+    beside = f"{fmt(a['mean'])} ± {fmt(a['std'])}"
+    report = (store.local_path(manifest.id) / "report.md").read_text()
+    cell = f"{fmt(a['median'])} ({fmt(a['min'])}–{fmt(a['max'])}), {beside}"
+    assert f"| sentiment | test (48) | accuracy | 2 | {cell} |" in report
+    _, rows = comparison_table([manifest])  # --compare, and --show's table beside the previous
+    assert ["sentiment accuracy", cell] in rows
+    [row] = [r for r in metric_rows(manifest.stats) if r["task"] == "sentiment"
+             and r["metric"] == "accuracy"]  # fmt: skip
+    assert (row["pretrained"], row["mean"], row["std"]) == (fmt(a["median"]), fmt(a["mean"]),
+                                                            fmt(a["std"]))  # fmt: skip
+
+
+def test_each_run_keeps_its_best_epoch_on_a_dev_split_held_out_of_training(evaluated):
+    store, manifest, _ = evaluated
+    for task in manifest.stats["tasks"].values():
+        assert task["dev"]["origin"] == "train"
+        assert task["dev"]["examples"] + task["trained_on"] == task["examples"]["train"]
+        assert task["dev"]["examples"] == pytest.approx(0.1 * task["examples"]["train"], abs=2)
+        selection, higher = task["selection"], HIGHER_IS_BETTER[task["primary"]]
+        assert selection["by"] == f"best dev {task['primary']}"
+        for label in ("pretrained", "random-init"):
+            curves, kept = selection["dev_scores"][label], selection["epochs"][label]
+            assert len(kept) == 2 and [len(c) for c in curves] == [4, 4]
+            assert kept == [best_epoch(c, higher) for c in curves]
+    report = (store.local_path(manifest.id) / "report.md").read_text()
+    kept = manifest.stats["tasks"]["sentiment"]["selection"]["epochs"]["pretrained"]
+    assert f"Epochs kept: pretrained {', '.join(map(str, kept))};" in report
+
+
+def test_the_dev_split_is_seeded_stratified_and_apart_from_training():
+    labels = np.array([0] * 50 + [1] * 24 + [2] * 3 + [3])
+    split = TaskSplit([f"t{i}" for i in range(len(labels))], None, labels, "x.csv")
+    train, dev = dev_split(split, "classification", 0.1, seed=0)
+    assert dev is not None and dev_split(split, "classification", 0.1, seed=0)[1].texts == dev.texts
+    assert dev_split(split, "classification", 0.1, seed=1)[1].texts != dev.texts
+    assert not set(train.texts) & set(dev.texts)
+    assert sorted(train.texts + dev.texts) == sorted(split.texts)
+    assert dev.texts == [t for t in split.texts if t in set(dev.texts)]  # file order
+    # 10% of each class, at least one of a class of two or more, none of a lone example
+    assert [int(np.sum(dev.labels == c)) for c in range(4)] == [5, 2, 1, 0]
+    assert [int(np.sum(train.labels == c)) for c in range(4)] == [45, 22, 2, 1]
+    scores = TaskSplit([f"t{i}" for i in range(30)], None, np.linspace(0, 1, 30), "y.csv")
+    assert len(dev_split(scores, "regression", 0.1, seed=0)[1]) == 3
+    assert dev_split(scores, "regression", 0.0, seed=0) == (scores, None)
+
+
+def test_each_task_runs_its_own_seed_count_else_the_default_for_its_size(
+    tiny_shards, tiny_model, tmp_path
+):
+    path = str(sentiment_csv(tmp_path / "small.csv", 60, seed=3))
+    fields = dict(path=path, text_field="sentence", label_field="sentiment")
+    tasks = [TaskSpec(**fields, name="two", seeds=2), TaskSpec(**fields, name="by-size")]
+    config = quick(tasks=tasks, seeds=None, epochs=1, baselines=["tfidf"], intrinsic=False)
+    stats = run_evaluation(ArtifactStore(tiny_shards.store_url), tiny_model, config).manifest.stats
+    two, by_size = stats["tasks"]["two"], stats["tasks"]["by-size"]
+    assert len(two["model"]["accuracy"]["runs"]) == 2 and two["seeds"] == [0, 1]
+    assert default_seed_count(by_size["trained_on"]) == 5  # 43 examples: a small task
+    assert len(by_size["model"]["accuracy"]["runs"]) == 5 and by_size["seeds"] == [0, 1, 2, 3, 4]
+    # A count for the whole evaluation applies to every task that sets none.
+    assert len(EvaluateConfig(seeds=3).task_seeds(tasks[1], 43)) == 3
+    assert len(EvaluateConfig(seeds=3).task_seeds(tasks[0], 43)) == 2
+
+
+def test_default_seed_counts_are_mosaicberts_on_glue():
+    """MosaicBERT fine-tunes RTE, MRPC and STS-B with 5 seeds, SST-2 with 3, the rest with 1."""
+    train_examples = {"rte": 2_490, "mrpc": 3_668, "stsb": 5_749, "sst2": 67_349,
+                      "qnli": 104_743, "qqp": 363_846, "mnli": 392_702}  # fmt: skip
+    seeds = {task: default_seed_count(n) for task, n in train_examples.items()}
+    assert seeds == {"rte": 5, "mrpc": 5, "stsb": 5, "sst2": 3, "qnli": 1, "qqp": 1, "mnli": 1}
 
 
 def test_evaluation_is_cached_and_byte_identical_when_rerun_elsewhere(
@@ -224,10 +314,12 @@ def test_sst2_from_its_glue_folder_reports_test_accuracy(tiny_shards, tiny_model
     sst2 = run_evaluation(store, tiny_model, config).manifest.stats["tasks"]["sst2"]
     assert sst2["evaluation_split"] == "test" and sst2["split_origin"] == "files"
     assert sst2["examples"] == {"train": 6920, "evaluation": 1821}
-    assert sst2["trained_on"] == 1500  # the model and the TF-IDF baseline alike
     task = read_task(TaskSpec(path=str(SST2)))
     sample = training_sample(task.train, 1500, config.seed)
-    alone = tfidf_baseline(sample.texts, None, sample.labels, task.evaluation.texts, None,
+    train, dev = dev_split(sample, task.problem, config.dev_fraction, config.seed)
+    # the model and the TF-IDF baseline alike train on the sample less its dev split
+    assert sst2["trained_on"] == len(train) == 1500 - sst2["dev"]["examples"] == 1350
+    alone = tfidf_baseline(train.texts, None, train.labels, task.evaluation.texts, None,
                            "classification", seed=config.seed)  # fmt: skip
     expected = float(np.mean(alone.predictions == task.evaluation.labels))
     assert sst2["baselines"]["tfidf"]["accuracy"]["median"] == pytest.approx(expected)

@@ -1,17 +1,24 @@
-"""`bertflow export`: a folder transformers loads, giving our logits, and that fine-tunes."""
+"""`bertflow export`: a folder transformers loads, giving our logits, and that fine-tunes; its
+model card, read from the lineage and the latest evaluation."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
 from tokenizers import Tokenizer
 
 from bertflow.flows.cli import main
 from bertflow.model.bert import BertConfig, BertForPreTraining
+from bertflow.model.evaluate import EvaluateConfig, run_evaluation
+from bertflow.model.evaluation_report import fmt
 from bertflow.model.export import EXPORT_FILES
+from bertflow.model.model_card import MODEL_CARD_FILE
 from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.task_spec import TaskSpec
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,7 +46,7 @@ def ours_from_checkpoint(store: ArtifactStore, model_id: str) -> BertForPreTrain
 
 
 def test_export_writes_the_files_transformers_needs(exported):
-    assert sorted(p.name for p in exported.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in exported.iterdir()) == sorted([*EXPORT_FILES, MODEL_CARD_FILE])
     config = json.loads((exported / "config.json").read_text())
     assert config["model_type"] == "bert" and config["vocab_size"] == 2000
 
@@ -102,3 +109,101 @@ def test_export_of_an_id_that_is_not_a_model_fails_clearly(tiny_shards, tmp_path
     assert code == 1
     assert "shards" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# -- the model card ---------------------------------------------------------------------------
+
+
+def front_matter(card: str) -> dict:
+    """The YAML between the card's opening `---` lines, as the Hub reads it."""
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+@pytest.fixture(scope="module")
+def evaluated_export(tiny_shards, tiny_model, tmp_path_factory):
+    """(store, evaluation, folder): the tiny model evaluated in a copy of its store (so this is
+    its latest evaluation), then exported."""
+    folder = tmp_path_factory.mktemp("card")
+    shutil.copytree(ArtifactStore(tiny_shards.store_url).root, folder / "store",
+                    ignore=shutil.ignore_patterns("evaluation", ".staging", ".locks"))  # fmt: skip
+    store = ArtifactStore(str(folder / "store"))
+    task = folder / "task.jsonl"
+    task.write_text("".join(
+        json.dumps({"text": f"the nation saw {'peace' if i % 2 else 'war'} in {i}",
+                    "label": i % 2}) + "\n"
+        for i in range(60)
+    ))  # fmt: skip
+    config = EvaluateConfig(tasks=[TaskSpec(path=str(task), name="era", seeds=2)], epochs=1,
+                            batch_size=16, baselines=["tfidf"], intrinsic_max_batches=1,
+                            max_seq_len=32, device="cpu")  # fmt: skip
+    evaluation = run_evaluation(store, tiny_model, config).manifest
+    out = folder / "export"
+    assert main(["--store", store.url, "export", tiny_model, "--out", str(out)]) == 0
+    return store, evaluation, out
+
+
+def test_the_card_carries_hub_metadata_and_the_evaluations_scores(evaluated_export, tiny_model):
+    store, evaluation, out = evaluated_export
+    card = (out / MODEL_CARD_FILE).read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "fill-mask"
+    assert {"bert", "nsp"} <= set(meta["tags"])
+    [index] = meta["model-index"]
+    assert index["name"] == tiny_model
+    by_task = {r["dataset"]["name"]: r for r in index["results"]}
+    era = evaluation.stats["tasks"]["era"]
+    assert by_task["era"]["dataset"]["split"] == era["evaluation_split"]
+    assert {m["type"]: m["value"] for m in by_task["era"]["metrics"]} == {
+        metric: era["model"][metric]["median"] for metric in era["metrics"]
+    }
+    [intrinsic] = [r for r in index["results"] if r["task"]["type"] == "fill-mask"]
+    assert {m["type"]: m["value"] for m in intrinsic["metrics"]}["mlm_acc"] == (
+        evaluation.stats["intrinsic"]["mlm_acc"]
+    )
+    # the body: the evaluation's scores beside its baseline, and which evaluation they are
+    accuracy, tfidf = era["model"]["accuracy"], era["baselines"]["tfidf"]["accuracy"]
+    assert evaluation.id in card
+    assert f"{fmt(accuracy['mean'])} ± {fmt(accuracy['std'])} | {fmt(tfidf['median'])} |" in card
+
+
+def test_the_card_names_the_lineage_with_the_sizes_its_manifests_record(
+    evaluated_export, tiny_model, tiny_shards
+):
+    store, _, out = evaluated_export
+    card = (out / MODEL_CARD_FILE).read_text()
+    model, shards = store.require(tiny_model), store.require(tiny_shards.shards_id)
+    corpus = store.require(tiny_shards.corpus_id)
+    tokenizer = store.require(tiny_shards.tokenizer_id)
+    assert f"`{corpus.id}` | {corpus.stats['documents']['train']:,} train" in card
+    assert f"{corpus.stats['input_bytes']:,} input bytes" in card
+    assert f"`{tokenizer.id}` | WordPiece, {tokenizer.stats['vocab_size']:,} tokens" in card
+    train = shards.stats["train"]
+    assert f"`{shards.id}` | {train['examples']:,} train examples ({train['tokens']:,} " in card
+    arch = model.layout["architecture"]
+    assert f"preset `tiny`: {arch['num_layers']} layers, hidden {arch['hidden_size']}" in card
+    assert f"{model.stats['parameters']:,} parameters" in card
+    assert f"at most {shards.layout['max_seq_len']} tokens" in card
+    s = model.stats
+    tokens = round(s["examples_seen"] * train["tokens"] / train["examples"])
+    assert (f"| 1 | `{model.id}` | `{shards.id}` | {s['device']} | {s['steps']:,} | "
+            f"{s['global_batch']:,} | {s['examples_seen']:,} | {tokens:,} |") in card  # fmt: skip
+
+
+def test_transformers_still_loads_the_folder_with_its_card(evaluated_export):
+    _, _, out = evaluated_export
+    encoder = transformers.AutoModel.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(["the nation saw peace"], return_tensors="pt")
+    with torch.no_grad():
+        assert encoder(**batch).last_hidden_state.shape[-1] == 128
+
+
+def test_the_model_artifact_holds_a_card_without_evaluation(tiny_shards, tiny_model):
+    """Written when the model was published, before any evaluation could exist."""
+    store = ArtifactStore(tiny_shards.store_url)
+    card = (store.local_path(tiny_model) / "hf" / MODEL_CARD_FILE).read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "transformers" and "model-index" not in meta
+    assert tiny_shards.shards_id in card and tiny_shards.corpus_id in card
+    assert "No evaluation of this model" in card

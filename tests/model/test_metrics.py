@@ -189,6 +189,7 @@ def test_summarize_runs() -> None:
     # Deviations from the mean 0.8: [0, 0.1, -0.1] -> std = sqrt(0.02 / 3) = 0.0816
     summary = summarize_runs([0.8, 0.9, 0.7])
     assert summary.median == pytest.approx(0.8)
+    assert summary.mean == pytest.approx(0.8)
     assert (summary.min, summary.max) == (pytest.approx(0.7), pytest.approx(0.9))
     assert summary.std == pytest.approx(math.sqrt(0.02 / 3))
     assert summary.runs == (0.8, 0.9, 0.7)
@@ -199,10 +200,19 @@ def test_run_summary_as_dict_is_plain() -> None:
     as_dict = summary.as_dict()
     runs = as_dict.pop("runs")
     assert runs == pytest.approx([0.5, 0.7])
-    assert as_dict == pytest.approx({"median": 0.6, "min": 0.5, "max": 0.7, "std": 0.1})
+    assert as_dict == pytest.approx({"median": 0.6, "mean": 0.6, "min": 0.5, "max": 0.7,
+                                     "std": 0.1})  # fmt: skip
     assert type(runs) is list
     assert all(type(v) is float for v in [*runs, *as_dict.values()])
     assert isinstance(summary, RunSummary)
+
+
+def test_mean_and_std_are_numpys_where_the_median_is_not_the_mean() -> None:
+    runs = [0.62, 0.91, 0.64, 0.66]  # one good seed pulls the mean above the median
+    summary = summarize_runs(runs)
+    assert summary.mean == pytest.approx(np.mean(runs)) and summary.mean > summary.median
+    assert summary.std == pytest.approx(np.std(runs))
+    assert summary.median == pytest.approx(np.median(runs))
 
 
 def test_summarize_runs_rejects_no_runs() -> None:

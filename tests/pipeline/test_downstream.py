@@ -55,7 +55,8 @@ def test_shared_sst2_reads_6920_train_and_1821_labelled_test_sentences():
     assert task.metrics == ("accuracy",) and task.num_labels == 2
     assert task.train.pairs is None and task.train.labels.dtype == np.int64
     assert set(np.unique(task.evaluation.labels)) == {0, 1}
-    assert [Path(i.uri).name for i in task.inputs] == ["train.tsv", "test.tsv"]
+    assert [Path(i.uri).name for i in task.inputs] == ["train.tsv", "test.tsv", "dev.tsv"]
+    assert task.dev is not None and len(task.dev) == 872  # chooses epochs; test is reported
 
 
 def test_glue_sst2_evaluates_on_dev_when_test_has_no_labels(tmp_path):
@@ -213,9 +214,22 @@ def test_folder_evaluation_split_prefers_test_then_dev_then_validation(tmp_path)
         write_jsonl(tmp_path / "t" / f"{split}.jsonl", [{"text": split, "label": "a"},
                                                         {"text": split, "label": "b"}])  # fmt: skip
     assert read_task(TaskSpec(path=str(tmp_path / "t"))).evaluation_split == "dev"
+    assert read_task(TaskSpec(path=str(tmp_path / "t"))).dev is None  # dev is evaluated on
     write_jsonl(tmp_path / "t" / "test.jsonl", [{"text": "test", "label": "a"}])
     task = read_task(TaskSpec(path=str(tmp_path / "t")))
     assert task.evaluation_split == "test" and task.evaluation.texts == ["test"]
+    assert task.dev is not None and task.dev.texts == ["dev", "dev"]  # beside test: selects
+    assert task.dev.labels.tolist() == [0, 1] and len(task.inputs) == 3
+
+
+def test_glue_folder_with_a_labelled_test_file_keeps_dev_for_selection(tmp_path):
+    folder = tmp_path / "SST-2"
+    write_tsv(folder / "train.tsv", sst2_rows(4))
+    write_tsv(folder / "dev.tsv", sst2_rows(2))
+    write_tsv(folder / "test.tsv", sst2_rows(3))
+    task = read_task(TaskSpec(path=str(folder)))
+    assert task.evaluation_split == "test" and len(task.evaluation) == 3
+    assert task.dev is not None and len(task.dev) == 2
 
 
 def test_tsv_file_with_a_text_pair_column_is_a_pair_task(tmp_path):
@@ -327,10 +341,12 @@ def test_parse_reads_key_value_pairs_with_dashes_or_underscores():
                             problem="regression")  # fmt: skip
 
 
-def test_identity_holds_every_field_and_rebuilds_the_spec():
+def test_identity_holds_every_field_that_shapes_the_data_and_rebuilds_the_spec():
     spec = TaskSpec(path="x.csv", text_pair_field="b")
     assert TaskSpec(**spec.identity()) == spec
-    assert set(spec.identity()) == set(TaskSpec.model_fields)
+    assert set(spec.identity()) == set(TaskSpec.model_fields) - {"seeds"}
+    # how often it is fine-tuned does not change the data: evaluations stay comparable
+    assert spec.model_copy(update={"seeds": 5}).identity() == spec.identity()
 
 
 @pytest.mark.parametrize(("spec", "match"), [
