@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/shard.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/cli.py
 
 clean:
