@@ -73,7 +73,8 @@ def plan_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig)
     artifact by the model, the config and the task files' fingerprints."""
     model = store.require(model_id, kind="model")
     positions = int(model.layout["architecture"]["max_position_embeddings"])
-    max_seq_len = config.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, positions)
+    max_seq_len = config.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, positions,
+                                            trained_length(store, model))  # fmt: skip
     if max_seq_len > positions:
         raise InputError(
             f"--max-seq-len {max_seq_len} is longer than {model_id}'s {positions} positions"
@@ -90,6 +91,16 @@ def plan_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig)
     )  # fmt: skip
     task_set = task_set_key(config.tasks, inputs)
     return EvaluationPlan(config, model, tasks, inputs, max_seq_len, task_set, evaluation_id)
+
+
+def trained_length(store: ArtifactStore, model: Manifest) -> int:
+    """The longest sequence the model was pretrained on (its shards'): positions past it were
+    never trained, so fine-tuning inputs are cut there by default."""
+    shards_id = model.upstream.get("shards")
+    shards = store.get(shards_id) if shards_id else None
+    if shards is None:
+        return DEFAULT_MAX_SEQ_LEN
+    return int(shards.layout.get("max_seq_len", DEFAULT_MAX_SEQ_LEN))
 
 
 def task_set_key(specs: Sequence[TaskSpec], inputs: Sequence[InputFingerprint]) -> str:

@@ -58,7 +58,7 @@ class EvaluateConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay while fine-tuning.")
     max_seq_len: int | None = Field(
         None, ge=8, description="Longest fine-tuning input, longer ones truncated and counted "
-        f"(default: {DEFAULT_MAX_SEQ_LEN} or the model's positions if fewer).",
+        f"(default: {DEFAULT_MAX_SEQ_LEN}, or the length the model was pretrained at if shorter).",
     )  # fmt: skip
     max_train_examples: int | None = Field(
         None, ge=1, description="Fine-tune on a seeded sample of at most this many examples "
