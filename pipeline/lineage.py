@@ -57,7 +57,8 @@ def summarize(manifest: Manifest) -> str:
     if manifest.kind == "tokenizer":
         case = "uncased" if manifest.config.get("lowercase") else "cased"
         if not stats.get("validation_sentences"):
-            return f"{stats.get('vocab_size', 0):,} tokens ({case}); not measured: empty validation split"
+            vocab = stats.get("vocab_size", 0)
+            return f"{vocab:,} tokens ({case}); not measured: empty validation split"
         return (
             f"{stats.get('vocab_size', 0):,} tokens ({case}), unk rate"
             f" {stats.get('unk_rate', 0):.4%}, {stats.get('pieces_per_word', 0)} pieces/word"
