@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from toy_task import write_toy_task
 
 from bertflow.flows.cli import build_parser
 
@@ -46,12 +47,7 @@ def evaluated(tiny_shards, tiny_model, tmp_path_factory) -> tuple[str, str]:
 
     folder = tmp_path_factory.mktemp("cli-imports")
     shutil.copytree(tiny_shards.store_url, folder / "store")
-    task = folder / "task.jsonl"
-    task.write_text("".join(
-        json.dumps({"text": f"the nation saw {'peace' if i % 2 else 'war'} in {i}",
-                    "label": i % 2}) + "\n"
-        for i in range(40)
-    ))  # fmt: skip
+    task = write_toy_task(folder / "task.jsonl", 40)
     config = EvaluateConfig(tasks=[TaskSpec(path=str(task))], seeds=1, epochs=1, baselines=[],
                             intrinsic_max_batches=1, max_seq_len=32, device="cpu")  # fmt: skip
     store = ArtifactStore(str(folder / "store"))

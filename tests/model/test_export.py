@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from tokenizers import Tokenizer
+from toy_task import write_toy_task
 
 from bertflow.flows.cli import main
 from bertflow.model.bert import BertConfig, BertForPreTraining
@@ -128,12 +129,7 @@ def evaluated_export(tiny_shards, tiny_model, tmp_path_factory):
     shutil.copytree(ArtifactStore(tiny_shards.store_url).root, folder / "store",
                     ignore=shutil.ignore_patterns("evaluation", ".staging", ".locks"))  # fmt: skip
     store = ArtifactStore(str(folder / "store"))
-    task = folder / "task.jsonl"
-    task.write_text("".join(
-        json.dumps({"text": f"the nation saw {'peace' if i % 2 else 'war'} in {i}",
-                    "label": i % 2}) + "\n"
-        for i in range(60)
-    ))  # fmt: skip
+    task = write_toy_task(folder / "task.jsonl", 60)
     config = EvaluateConfig(tasks=[TaskSpec(path=str(task), name="era", seeds=2)], epochs=1,
                             batch_size=16, baselines=["tfidf"], intrinsic_max_batches=1,
                             max_seq_len=32, device="cpu")  # fmt: skip
