@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+import httpx
 from prefect import serve as prefect_serve
 from prefect.deployments.runner import RunnerDeployment
 
@@ -66,18 +67,40 @@ def serve(
     observer_log = logging.getLogger(OBSERVER_LOGGER)
     observer_log.addHandler(watcher.observer_failures)
     watcher.start()
+    lost: str | None = None
     try:
         prefect_serve(*deployments)
-    except (Exception, KeyboardInterrupt):
-        if watcher.lost is None:
+    except (Exception, KeyboardInterrupt) as e:
+        # The runner may give up on a refused connection before the watch counts the server
+        # as lost (its shutdown then fails to pause the deployments): that is the loss too.
+        lost = watcher.lost or connection_lost(e)
+        if lost is None:
             raise  # not the server's loss: as serving did before
     finally:
         watcher.stop()
         observer_log.removeHandler(watcher.observer_failures)
-    if watcher.lost is None:
+    if lost is None:
         return 0
-    print(lost_message(api_url, watcher.lost), file=sys.stderr, flush=True)
+    print(lost_message(api_url, lost), file=sys.stderr, flush=True)
     return SERVER_LOST
+
+
+def connection_lost(error: BaseException) -> str | None:
+    """What says that `error` came from a connection to the server failing (httpx's transport
+    errors, in its cause, context or exception group), or None."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, httpx.TransportError):
+            return f"serving failed on a lost connection: {type(e).__name__}: {e}"
+        pending.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+    return None
 
 
 def lost_message(api_url: str, why: str) -> str:

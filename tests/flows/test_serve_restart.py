@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -26,7 +27,7 @@ from prefect_server import PrefectServer
 from bertflow.flows.deployments import ServeOptions, deployments
 from bertflow.flows.ingest import ingest_flow
 from bertflow.flows.pipeline_config import PipelineConfig, to_yaml
-from bertflow.flows.serving import SERVER_LOST, ServerWatch
+from bertflow.flows.serving import SERVER_LOST, ServerWatch, connection_lost
 from bertflow.pipeline.store import STORE_ENV, ArtifactStore
 
 # Long enough that the websocket of the runner's cancellation observer gives up (~10 s) and that
@@ -174,3 +175,16 @@ def test_serve_exits_when_its_server_restarts_and_serving_again_works_in_full(
         assert again.wait(timeout=60) == 0
     finally:
         serving.stop_all()
+
+
+def test_a_runner_that_fails_on_a_lost_connection_counts_as_the_server_lost():
+    """Under load the runner can give up before the watch does; its shutdown then fails to pause
+    the deployments with the refused connection in the exception's context."""
+    try:
+        try:
+            raise httpx.ConnectError("All connection attempts failed")
+        except httpx.ConnectError:
+            raise RuntimeError("pausing the deployments failed")  # noqa: B904 (a context, as Prefect leaves)
+    except RuntimeError as e:
+        assert "ConnectError" in (connection_lost(BaseExceptionGroup("serve", [e])) or "")
+    assert connection_lost(ValueError("a bad deployment")) is None
