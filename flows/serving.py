@@ -79,6 +79,7 @@ def serve(
     finally:
         watcher.stop()
         observer_log.removeHandler(watcher.observer_failures)
+    lost = lost or watcher.lost  # prefect.serve returns quietly from the watch's interrupt
     if lost is None:
         return 0
     print(lost_message(api_url, lost), file=sys.stderr, flush=True)
