@@ -67,19 +67,19 @@ def serve(
     observer_log = logging.getLogger(OBSERVER_LOGGER)
     observer_log.addHandler(watcher.observer_failures)
     watcher.start()
-    lost: str | None = None
+    failed_on: str | None = None
     try:
-        prefect_serve(*deployments)
+        prefect_serve(*deployments)  # returns quietly from the watch's interrupt
     except (Exception, KeyboardInterrupt) as e:
         # The runner may give up on a refused connection before the watch counts the server
         # as lost (its shutdown then fails to pause the deployments): that is the loss too.
-        lost = watcher.lost or connection_lost(e)
-        if lost is None:
+        failed_on = connection_lost(e)
+        if watcher.lost is None and failed_on is None:
             raise  # not the server's loss: as serving did before
     finally:
         watcher.stop()
         observer_log.removeHandler(watcher.observer_failures)
-    lost = lost or watcher.lost  # prefect.serve returns quietly from the watch's interrupt
+    lost = watcher.lost or failed_on
     if lost is None:
         return 0
     print(lost_message(api_url, lost), file=sys.stderr, flush=True)
