@@ -15,7 +15,7 @@ positions in the batch, V padded vocabulary.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torch import nn
 from bertflow.model.bert_config import (  # noqa: F401
     PRESETS,
     BertConfig,
+    Pooling,
     base,
     large,
     medium,
@@ -319,14 +320,17 @@ def load_hf_state_dict(model: BertForPreTraining, state: dict[str, torch.Tensor]
 
 
 class BertForSequenceClassification(nn.Module):
-    """The encoder with a classifier on the pooled [CLS] output, as HuggingFace's (same names):
-    `num_labels` classes, or one output for regression."""
+    """The encoder with a classifier, as HuggingFace's (same names): `num_labels` classes, or one
+    output for regression. It reads the pooled [CLS] output (`pooling="cls"`, HuggingFace's), or
+    the mean of the last layer over the real tokens (`"mean"`; the pooler is then unused)."""
 
-    def __init__(self, config: BertConfig, num_labels: int):
+    def __init__(self, config: BertConfig, num_labels: int, pooling: Pooling = "cls"):
         super().__init__()
         if num_labels < 1:
             raise ValueError(f"num_labels must be at least 1, got {num_labels}")
-        self.config, self.num_labels = config, num_labels
+        if pooling not in get_args(Pooling):
+            raise ValueError(f"pooling must be one of {get_args(Pooling)}, got {pooling!r}")
+        self.config, self.num_labels, self.pooling = config, num_labels, pooling
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
@@ -339,5 +343,9 @@ class BertForSequenceClassification(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, L) ids -> (B, num_labels) logits (or (B, 1) regression outputs)."""
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        if self.pooling == "mean":
+            real = (attention_mask if attention_mask is not None
+                    else torch.ones_like(input_ids)).unsqueeze(-1).to(sequence.dtype)  # fmt: skip
+            pooled = (sequence * real).sum(1) / real.sum(1).clamp(min=1.0)
         return self.classifier(self.dropout(pooled))

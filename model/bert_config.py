@@ -4,6 +4,10 @@ reading or validating a config (the CLI, the pipeline's form) needs no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+Pooling = Literal["cls", "mean"]
+"""What a sequence classifier reads: the pooled [CLS] output, or the mean over the real tokens."""
 
 
 @dataclass(frozen=True)

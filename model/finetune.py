@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from bertflow.model.bert import BertConfig, BertForSequenceClassification
+from bertflow.model.bert import BertConfig, BertForSequenceClassification, Pooling
 from bertflow.model.module import OptimConfig, lr_factor, parameter_groups
 
 Problem = Literal["classification", "regression"]
@@ -40,6 +40,7 @@ class FinetuneConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     eval_batch_size: int = 128
+    pooling: Pooling = "cls"
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,13 @@ class FinetuneRun:
 
 
 def classifier(
-    architecture: BertConfig, num_labels: int, encoder: dict[str, torch.Tensor] | None
+    architecture: BertConfig,
+    num_labels: int,
+    encoder: dict[str, torch.Tensor] | None,
+    pooling: Pooling = "cls",
 ) -> BertForSequenceClassification:
     """A classifier whose encoder starts from `encoder` (a BertModel state dict), or randomly."""
-    model = BertForSequenceClassification(architecture, num_labels)
+    model = BertForSequenceClassification(architecture, num_labels, pooling)
     if encoder is not None:
         model.bert.load_state_dict(encoder)
     return model
@@ -158,7 +162,7 @@ def finetune(
         torch.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.manual_seed_all(seed)
-        model = classifier(architecture, num_labels, encoder).to(device)
+        model = classifier(architecture, num_labels, encoder, config.pooling).to(device)
         optimizer = torch.optim.AdamW(
             parameter_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas,
             eps=optim.eps,

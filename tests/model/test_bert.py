@@ -8,6 +8,7 @@ import torch
 from bertflow.model.bert import (
     BertConfig,
     BertForPreTraining,
+    BertForSequenceClassification,
     base,
     parameter_count,
     preset,
@@ -112,3 +113,25 @@ def test_dropout_is_on_in_training_and_off_in_eval():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**b).mlm_logits, model(**b).mlm_logits)
+
+
+def test_mean_pooling_reads_the_real_tokens_only():
+    """Padding a sequence does not change what a mean-pooling classifier says about it, and what
+    it reads is the last layer's mean over the real tokens."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny(vocab_size=VOCAB), num_labels=3, pooling="mean")
+    model.eval()
+    ids = torch.randint(5, VOCAB, (1, 10))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 10, dtype=torch.long), torch.zeros(1, 6, dtype=torch.long)], 1)
+    with torch.no_grad():
+        alone = model(ids, attention_mask=torch.ones_like(ids))
+        with_padding = model(padded, attention_mask=mask)
+        sequence, _ = model.bert(ids, attention_mask=torch.ones_like(ids))
+    torch.testing.assert_close(with_padding, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, model.classifier(sequence.mean(1)))
+
+
+def test_an_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        BertForSequenceClassification(tiny(vocab_size=VOCAB), num_labels=2, pooling="max")

@@ -116,3 +116,13 @@ def test_a_dev_split_without_a_score_is_refused(splits):
         finetune(ARCHITECTURE, None, train, evaluation, problem="classification", num_labels=2,
                  config=CONFIG, seed=7, device=torch.device("cpu"), score=lambda p: 0.0,
                  dev=dev)  # fmt: skip
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_either_pooling_learns_the_cue(splits, pooling):
+    train, evaluation, _ = splits
+    config = FinetuneConfig(lr=1e-3, epochs=4, batch_size=8, warmup_fraction=0.1, pooling=pooling)
+    learned = finetune(ARCHITECTURE, None, train, evaluation, problem="classification",
+                       num_labels=2, config=config, seed=7, device=torch.device("cpu"),
+                       score=lambda p: accuracy(p, evaluation.labels))  # fmt: skip
+    assert learned.epoch_scores[-1] >= 0.9, learned.epoch_scores
