@@ -19,6 +19,7 @@ from uuid import UUID
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, Response, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from prefect.client.orchestration import get_client
 from prefect_records import PrefectRecords, bertflow_serve, poll
 
@@ -117,6 +118,21 @@ def submit(page: Page) -> Response:
     return response.value
 
 
+def listed(page: Page, name: str, reloads: int = 2) -> Locator:
+    """The link to the run `name` in the list the page shows. The list is read when the page
+    opens: a run that a busy server committed a moment later shows after a reload, as it would
+    to a user pressing F5, so the page is reloaded (at most `reloads` times) before failing."""
+    link = page.get_by_role("link", name=name, exact=True)
+    for _ in range(reloads):
+        try:
+            link.wait_for(timeout=WAIT_MS / 2)
+            return link
+        except PlaywrightTimeoutError:
+            page.reload()
+    link.wait_for()
+    return link
+
+
 def content(page: Page) -> Locator:
     """The rendered markdown of the artifact page shown."""
     return page.get_by_test_id("markdown-display")
@@ -154,7 +170,7 @@ def test_a_custom_run_from_the_form_completes_and_its_summary_links_down_to_the_
     assert run["parameters"]["config"]["phases"][0]["pretrain"]["max_steps"] == 6
 
     wait_for_path(page, f"/v2/deployments/deployment/{served['pipeline'].id}")
-    page.get_by_role("link", name=run["name"], exact=True).click()  # the deployment's run list
+    listed(page, run["name"]).click()  # the deployment's run list
     wait_for_path(page, f"/v2/runs/flow-run/{run['id']}")
 
     def final() -> Any:
