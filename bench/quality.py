@@ -19,7 +19,7 @@ with the run's seed, then the model built; transformers' model is given them):
   loop over a DataLoader of the shards' train examples (read with pyarrow from the shard files,
   stored unmasked), padded, collated and masked by `DataCollatorForLanguageModeling` (the same
   rate, 80/10/10), NSP labels from the shards. The same AdamW (`parameter_groups`: no decay on
-  biases and LayerNorm; fused on CUDA), warm-up and decay (`lr_factor`), batch size, gradient
+  biases and LayerNorm; fused), warm-up and decay (`lr_factor`), batch size, gradient
   clipping, precision, loader workers and torch threads. Its handicap is the MLM head and loss at
   every position, as users run it; it is not given our tricks.
 
@@ -80,7 +80,7 @@ from bertflow.model.export import load_hf_folder
 from bertflow.model.finetune import Encoded, encode, encoder_state, finetune
 from bertflow.model.intrinsic import intrinsic_metrics, validation_dataset
 from bertflow.model.metrics import HIGHER_IS_BETTER, compute_metrics
-from bertflow.model.module import OptimConfig, lr_factor, parameter_groups
+from bertflow.model.module import OptimConfig, adamw, lr_factor
 from bertflow.model.train import (
     PROGRESS_PREFIX,
     TrainConfig,
@@ -312,10 +312,7 @@ def train_hf(store: ArtifactStore, shards_id: str, config: TrainConfig) -> Run:
     model = hf_twin(BertForPreTraining(config.architecture(int(layout["vocab_size"]))))
     model.to(device).train()
     optim = optim_config(config)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas,
-        eps=optim.eps, fused=device.type == "cuda" or None,
-    )  # fmt: skip
+    optimizer = adamw(model, optim, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim))
     batches = endless(hf_loader(store, shards_id, config, device))
     batch = next(batches)  # the loader's start-up is not training time

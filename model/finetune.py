@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from bertflow.model.bert import BertConfig, BertForSequenceClassification, Pooling
-from bertflow.model.module import OptimConfig, lr_factor, parameter_groups
+from bertflow.model.module import OptimConfig, adamw, lr_factor
 
 Problem = Literal["classification", "regression"]
 PAD_ID = 0
@@ -163,10 +163,7 @@ def finetune(
         if device.type == "cuda":
             torch.cuda.manual_seed_all(seed)
         model = classifier(architecture, num_labels, encoder, config.pooling).to(device)
-        optimizer = torch.optim.AdamW(
-            parameter_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas,
-            eps=optim.eps,
-        )  # fmt: skip
+        optimizer = adamw(model, optim, device)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, optim))
         order = np.random.default_rng(seed)
         run = FinetuneRun(predictions=np.empty(0))

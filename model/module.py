@@ -109,6 +109,15 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
+def adamw(model: torch.nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`, fused into one kernel where torch has one (CUDA, and the CPU
+    since torch 2.4: a third of the for-loop's optimizer time on the tiny model)."""
+    fused = device.type in ("cuda", "cpu") or None
+    return torch.optim.AdamW(
+        parameter_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=fused
+    )
+
+
 class PretrainingModule(L.LightningModule):
     """BERT pretraining: loss = MLM cross-entropy (+ NSP cross-entropy when the shards have it)."""
 
@@ -267,11 +276,7 @@ class PretrainingModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
-            fused=fused or None,
-        )  # fmt: skip
+        optimizer = adamw(self.model, o, self.device)
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, o))
         schedule = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
