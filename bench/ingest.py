@@ -1,6 +1,7 @@
 """Ingest throughput and peak memory, side by side with the floor of reading + segmenting only.
 
-    python bench/ingest.py [--mb 100] [--big-mb 400] [--workdir /tmp/bertflow-bench]
+    python bench/ingest.py [--mb 100] [--big-mb 400] [--no-break-mb 20]
+                           [--workdir /tmp/bertflow-bench]
 
 The corpus is the demo corpus repeated until it reaches the size asked for; each copy's documents
 get a distinct first line so deduplication keeps them all. Rows of the table:
@@ -8,7 +9,10 @@ get a distinct first line so deduplication keeps them all. Rows of the table:
 - floor: read every file and run only blingfire's sentence splitter (1 and 2 processes);
 - ingest: the whole stage (parse, clean, segment, hash, spill, dedup, write Parquet, hash files);
 - peak memory of the stage for the small and the big corpus (largest single process, and the sum
-  of the main process and one worker), which should be about the same: memory is bounded.
+  of the main process and one worker), which should be about the same: memory is bounded;
+- text without a sentence break (one file holding a single word of --no-break-mb MB, which every
+  cleaning step must handle in linear time) against prose of the same size, both with 1 worker
+  (one document cannot be split between workers). Goal: at most GOAL_NO_BREAK x prose's time.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 from blingfire import text_to_sentences
 
 from bertflow.pipeline.sources import demo_corpus_dir
+
+GOAL_NO_BREAK = 1.5  # text with no break takes at most this many times prose's seconds
 
 
 def build_corpus(folder: Path, target_mb: float) -> tuple[int, int]:
@@ -47,6 +53,19 @@ def build_corpus(folder: Path, target_mb: float) -> tuple[int, int]:
         copy += 1
     (folder / "done").write_text("")
     return files, total
+
+
+def build_no_break(folder: Path, target_mb: float) -> int:
+    """One file of one word, `target_mb` MB of letters with no space or terminator; its bytes."""
+    if not (folder / "done").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        word = ("abcdefghij" * 100_000).encode()  # 1 MB
+        with open(folder / "word.txt", "wb") as f:
+            for _ in range(round(target_mb)):
+                f.write(word)
+        (folder / "done").write_text("")
+    return (folder / "word.txt").stat().st_size
 
 
 def _segment_file(path: Path) -> int:
@@ -115,6 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=100)
     parser.add_argument("--big-mb", type=float, default=400)
+    parser.add_argument("--no-break-mb", type=float, default=20)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bertflow-bench"))
     args = parser.parse_args()
 
@@ -155,6 +175,27 @@ def main() -> None:
             f"| {label} | {size:.0f} | {r['seconds']:.1f} | {r['self_kb'] / 1024:.0f}"
             f" | {r['workers_kb'] / 1024:.0f} |"
         )
+
+    no_break = args.workdir / f"no-break-{args.no_break_mb:g}mb"
+    word_bytes = build_no_break(no_break, args.no_break_mb)
+    prose = args.workdir / f"corpus-{args.no_break_mb:g}mb"
+    _, prose_bytes = build_corpus(prose, args.no_break_mb)
+    print("\ntext without a sentence break against prose, 1 worker:")
+    print("| input | MB | seconds | MB/s | x prose |")
+    print("|---|---:|---:|---:|---:|")
+    store = args.workdir / "store"
+    runs = [
+        ("prose (demo corpus)", prose_bytes, run_ingest(prose, store, 1)),
+        ("one word, no break", word_bytes, run_ingest(no_break, store, 1)),
+    ]
+    prose_s_per_mb = runs[0][2]["seconds"] / (prose_bytes / 1e6)
+    for label, size, r in runs:
+        ratio = r["seconds"] / (size / 1e6) / prose_s_per_mb
+        print(f"| {label} | {size / 1e6:.1f} | {r['seconds']:.1f} | {size / 1e6 / r['seconds']:.1f}"
+              f" | {ratio:.2f} |")  # fmt: skip
+    ratio = runs[1][2]["seconds"] / (word_bytes / 1e6) / prose_s_per_mb
+    met = "met" if ratio <= GOAL_NO_BREAK else "NOT met"
+    print(f"\ngoal: no break at most {GOAL_NO_BREAK}x prose's seconds per MB: {ratio:.2f}x, {met}")
     shutil.rmtree(args.workdir / "store", ignore_errors=True)
 
 

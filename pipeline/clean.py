@@ -48,6 +48,7 @@ _SPECIAL = re.compile(
 _SPACE_RUN = re.compile(r" {2,}")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_NON_SPACE = re.compile(r"\S")
 
 
 def normalize_text(text: str) -> str:
@@ -96,20 +97,22 @@ def _reattach(pieces: list[str]) -> list[str]:
     """Undo blingfire's wrong splits: a title abbreviation standing alone joins the next piece; a
     leading terminator or closing quote goes back to the sentence it ends; a piece starting in
     lower case continues the one before (blingfire splits `"Stop!" he said.` after the quote)."""
-    out: list[str] = []
+    # Each sentence as the list of its parts, joined once at the end: appending to a growing
+    # string would copy it at every join, quadratic in a paragraph of many short pieces.
+    out: list[list[str]] = []
     for piece in pieces:
-        if out and out[-1] in _TITLES:
-            out[-1] += " " + piece
+        if out and len(out[-1]) == 1 and out[-1][0] in _TITLES:
+            out[-1].append(" " + piece)
             continue
         tail = _LEADING_TAIL.match(piece)
         if tail and out:
-            out[-1] += tail.group()
+            out[-1].append(tail.group())
             piece = piece[tail.end() :].lstrip()
         if out and piece[:1].islower():
-            out[-1] += " " + piece
+            out[-1].append(" " + piece)
         elif piece:
-            out.append(piece)
-    return out
+            out.append([piece])
+    return ["".join(parts) for parts in out]
 
 
 def _split_cjk(sentence: str) -> list[str]:
@@ -176,16 +179,21 @@ class SentenceLimits:
 
 
 def cut_long(sentence: str, max_chars: int) -> list[str]:
-    """Pieces of at most max_chars, cut at the last space that fits, else hard (CJK has none)."""
+    """Pieces of at most max_chars, cut at the last space that fits, else hard (CJK has none).
+
+    Linear in the sentence: it walks an offset and copies each piece once (slicing off the rest
+    at every cut made a sentence with no spaces quadratic)."""
     pieces = []
-    while len(sentence) > max_chars:
-        cut = sentence.rfind(" ", 0, max_chars + 1)
-        if cut <= 0:
-            cut = max_chars
-        pieces.append(sentence[:cut].rstrip())
-        sentence = sentence[cut:].lstrip()
-    if sentence:
-        pieces.append(sentence)
+    start, end = 0, len(sentence)
+    while end - start > max_chars:
+        cut = sentence.rfind(" ", start, start + max_chars + 1)
+        if cut <= start:
+            cut = start + max_chars
+        pieces.append(sentence[start:cut].rstrip())
+        text = _NON_SPACE.search(sentence, cut)
+        start = text.start() if text else end
+    if start < end:
+        pieces.append(sentence[start:])
     return pieces
 
 
