@@ -42,6 +42,8 @@ DocSplit = Literal["file", "blank-lines", "separator"]
 MAX_MALFORMED_EXAMPLES = 20
 _BOM = b"\xef\xbb\xbf"
 CHUNK_BYTES = 1 << 20
+NOT_TEXT_SAMPLE = 1 << 16  # bytes read before the share of undecodable ones is judged
+NOT_TEXT_MIN_BAD = 16  # fewer bad sequences never make a file "not text" (a short note in Latin-1)
 PARQUET_BATCH_ROWS = 1024
 
 
@@ -69,6 +71,8 @@ class ReaderOptions:
     separator lines."""
     doc_separator: str | None = None
     """With doc_split="separator": a line equal to this (both stripped) ends a document."""
+    max_undecodable_fraction: float = 0.01
+    """A file with a larger share of bytes that are not UTF-8 is refused as not text."""
 
     def __post_init__(self) -> None:
         if not self.text_field:
@@ -239,14 +243,24 @@ def _repair_utf8(data: bytes, tally: ReadTally) -> bytes:
 
 
 class _Utf8Repaired(_ChunkReader):
-    """Valid UTF-8 without a leading BOM: bad sequences become U+FFFD, counted in the tally."""
+    """Valid UTF-8 without a leading BOM: bad sequences become U+FFFD, counted in the tally.
 
-    def __init__(self, source: BinaryIO, tally: ReadTally) -> None:
+    What is not text is refused, naming the file: a NUL byte (no text format holds one; an
+    executable or an image does), or more than `max_undecodable` of the bytes read so far not
+    UTF-8 (another encoding, or binary data), judged once NOT_TEXT_SAMPLE bytes are in or at
+    the end, and only from NOT_TEXT_MIN_BAD bad sequences on."""
+
+    def __init__(
+        self, source: BinaryIO, tally: ReadTally, name: str, max_undecodable: float
+    ) -> None:
         super().__init__()
         self._source = source
         self._tally = tally
+        self._name = name
+        self._max_undecodable = max_undecodable
         self._carry = b""  # held back: a sequence cut by the chunk end, or a too short start
         self._started = False
+        self._bytes = self._undecodable = 0
 
     def _next_chunk(self) -> bytes:
         # Loops because a short read may leave nothing complete to return, and b"" means the end.
@@ -262,12 +276,43 @@ class _Utf8Repaired(_ChunkReader):
             cut = _utf8_complete(data) if read else len(data)
             complete, self._carry = data[:cut], data[cut:]
             if complete or not read:
-                return _repair_utf8(complete, self._tally)
+                return self._checked(complete, end=not read)
+
+    def _checked(self, data: bytes, end: bool) -> bytes:
+        nul = data.find(b"\0")
+        if nul >= 0:
+            raise InputError(
+                f"{self._name}: not text: a NUL byte at byte {self._bytes + nul:,} (a binary "
+                f"file, or UTF-16/32 text: convert it to UTF-8)"
+            )
+        before = self._tally.replaced_chars
+        repaired = _repair_utf8(data, self._tally)
+        self._undecodable += self._tally.replaced_chars - before
+        self._bytes += len(data)
+        if (end or self._bytes >= NOT_TEXT_SAMPLE) and self._bytes:
+            share = self._undecodable / self._bytes
+            if share > self._max_undecodable and self._undecodable >= NOT_TEXT_MIN_BAD:
+                raise InputError(
+                    f"{self._name}: not UTF-8 text: {self._undecodable:,} of the first "
+                    f"{self._bytes:,} bytes cannot be decoded ({share:.1%}, more than "
+                    f"max_undecodable_fraction {self._max_undecodable:.1%}); convert it to UTF-8 "
+                    f"(iconv -f latin1 -t utf-8, for one), or raise the limit"
+                )
+        return repaired
 
 
-def _text_stream(stream: BinaryIO, tally: ReadTally) -> io.TextIOWrapper:
+def _repaired(
+    stream: BinaryIO, tally: ReadTally, name: str, options: ReaderOptions
+) -> io.BufferedReader:
+    checked = _Utf8Repaired(stream, tally, name, options.max_undecodable_fraction)
+    return io.BufferedReader(checked, CHUNK_BYTES)
+
+
+def _text_stream(
+    stream: BinaryIO, tally: ReadTally, name: str, options: ReaderOptions
+) -> io.TextIOWrapper:
     # Only "\n" ends a line: JSON strings may hold a raw U+2028, and "\r\n" is stripped later.
-    repaired = io.BufferedReader(_Utf8Repaired(stream, tally), CHUNK_BYTES)
+    repaired = _repaired(stream, tally, name, options)
     return io.TextIOWrapper(repaired, encoding="utf-8", newline="\n")
 
 
@@ -310,7 +355,7 @@ def _record_document(
 def _read_jsonl(
     stream: BinaryIO, name: str, options: ReaderOptions, tally: ReadTally
 ) -> Iterator[RawDocument]:
-    for number, line in enumerate(_text_stream(stream, tally), start=1):
+    for number, line in enumerate(_text_stream(stream, tally, name, options), start=1):
         if not line.strip():
             continue
         location = f"{name}:{number}"
@@ -318,7 +363,7 @@ def _read_jsonl(
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             tally.records += 1
-            tally.add_malformed(location, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            tally.add_malformed(location, f"invalid JSON ({exc.msg}: column {exc.colno})")
             continue
         if doc := _record_document(record, location, options, tally):
             yield doc
@@ -336,7 +381,7 @@ def _skip_whitespace(stream: io.BufferedReader) -> bytes:
 def _read_json(
     stream: BinaryIO, name: str, options: ReaderOptions, tally: ReadTally
 ) -> Iterator[RawDocument]:
-    repaired = io.BufferedReader(_Utf8Repaired(stream, tally), CHUNK_BYTES)
+    repaired = _repaired(stream, tally, name, options)
     # ijson quietly yields nothing for a top-level object: say so instead.
     first = _skip_whitespace(repaired)
     if first != b"[":
@@ -446,7 +491,7 @@ def _split_documents(lines: Iterable[str], options: ReaderOptions) -> Iterator[s
 def _read_text(
     stream: BinaryIO, name: str, options: ReaderOptions, tally: ReadTally, markdown: bool = False
 ) -> Iterator[RawDocument]:
-    text_stream = _text_stream(stream, tally)
+    text_stream = _text_stream(stream, tally, name, options)
     if options.doc_split == "file":
         documents: Iterable[tuple[str, str]] = [(name, text_stream.read())]
     else:
@@ -470,7 +515,7 @@ def _read_wikipedia(
 ) -> Iterator[RawDocument]:
     from bertflow.pipeline.wikipedia import iter_wiki_documents  # it imports this module
 
-    repaired = io.BufferedReader(_Utf8Repaired(stream, tally), CHUNK_BYTES)
+    repaired = _repaired(stream, tally, name, options)
     return iter_wiki_documents(repaired, name, tally)
 
 

@@ -62,6 +62,13 @@ class IngestConfig(BaseModel):
         le=1.0,
         description="The stage fails when more than this share of records is malformed.",
     )
+    max_undecodable_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="A file with a larger share of bytes that are not UTF-8 is refused as not "
+        "text (as is one with a NUL byte); bad bytes below it become U+FFFD, counted.",
+    )
     on_bad_file: Literal["fail", "skip"] = Field(
         "fail",
         description="A corrupt or unreadable file fails the stage, or is skipped from the point "

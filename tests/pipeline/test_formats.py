@@ -333,7 +333,9 @@ def test_malformed_json_lines_are_skipped_and_counted_with_their_line(tmp_path: 
         ("Good two.", "d.jsonl:8"),
     ]
     assert (tally.records, tally.malformed) == (8, 6)
-    assert tally.malformed_examples[0].startswith("d.jsonl:2: invalid JSON (")
+    assert tally.malformed_examples[0] == (
+        "d.jsonl:2: invalid JSON (Invalid control character at: column 23)"
+    )
     assert tally.malformed_examples[1:] == [
         "d.jsonl:3: record is an array, not an object",
         "d.jsonl:4: missing text field 'text'",
@@ -438,3 +440,25 @@ def test_tally_merge_adds_counts_and_keeps_at_most_20_examples() -> None:
         "b:3: bad",
         "b:4: bad",
     ]
+
+
+def test_a_file_with_a_nul_byte_is_refused_as_not_text(tmp_path: Path) -> None:
+    program = b"\x7fELF\x02\x01\x01\x00" + bytes(range(1, 256)) * 4
+    for fmt, name in [("text", "prog.txt"), ("jsonl", "prog.jsonl"), ("markdown", "prog.md")]:
+        with pytest.raises(InputError, match=rf"{name}: not text: a NUL byte at byte 7 "):
+            read(write(tmp_path, name, program), fmt)
+
+
+def test_a_file_mostly_not_utf8_is_refused_and_a_few_bad_bytes_are_replaced(
+    tmp_path: Path,
+) -> None:
+    french = ("Le café était déjà fermé. " * 4000).encode("latin-1")  # 5 bad bytes in 26
+    with pytest.raises(InputError, match=r"fr\.txt: not UTF-8 text: .*\(19\.2%, more than "
+                                         r"max_undecodable_fraction 1\.0%\)"):  # fmt: skip
+        read(write(tmp_path, "fr.txt", french), "text")
+    docs, tally = read(write(tmp_path, "fr.txt", french), "text",
+                       ReaderOptions(max_undecodable_fraction=0.2))  # fmt: skip
+    assert tally.replaced_chars == 20_000 and docs[0].text.startswith("Le caf\ufffd ")
+    english = ("Plain English text, nothing more. " * 3000).encode() + b"\xff" * 20
+    docs, tally = read(write(tmp_path, "en.txt", english), "text")
+    assert tally.replaced_chars == 20

@@ -214,6 +214,20 @@ def test_corrupt_gzip_fails_by_default_and_is_reported_when_skipped(tmp_path, st
     assert [s["file"].endswith("broken.txt.gz") for s in m.stats["files_skipped"]] == [True]
 
 
+def test_an_executable_named_txt_fails_by_default_and_is_reported_when_skipped(tmp_path, store):
+    write_docs(tmp_path / "in", 3)
+    (tmp_path / "in" / "notes.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(340))
+    with pytest.raises(InputError, match=r"notes\.txt: not text: a NUL byte"):
+        ingest(IngestConfig(sources=[str(tmp_path / "in")], workers=1), store)
+    assert_nothing_published(store)
+    m = ingest(
+        IngestConfig(sources=[str(tmp_path / "in")], workers=1, on_bad_file="skip"), store
+    ).manifest
+    (skipped,) = m.stats["files_skipped"]
+    assert skipped["file"].endswith("notes.txt") and "not text" in skipped["reason"]
+    assert m.stats["documents_read"] == 3
+
+
 def test_invalid_utf8_is_replaced_and_counted(tmp_path, store):
     (tmp_path / "latin1.txt").write_bytes(
         "Caf\xe9 society met today. It was lively.".encode("latin-1")
