@@ -8,6 +8,7 @@ run shows in the UI), otherwise on a temporary local Prefect server, given longe
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -59,6 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, StoreError, PrefectServerError) as e:
         print(f"bertflow {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a permission, a device gone: the system's words
+        stage = args.command in STAGE_COMMANDS
+        print(f"bertflow {args.command}: error: {describe_os_error(e, stage)}", file=sys.stderr)
+        return 1
+
+
+STAGE_COMMANDS = ("ingest", "tokenizer", "shard", "pretrain", "evaluate", "run")
+
+
+def describe_os_error(e: OSError, stage: bool) -> str:
+    """What failed and on which file; for a stage, that it published nothing (its staging folder
+    is discarded); for a full disk, what to do."""
+    where = f": {e.filename}" if e.filename else ""
+    what = (e.strerror or str(e)) + where
+    if stage:
+        what += "; nothing was published"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+        what += "; free space (or point TMPDIR and --store elsewhere) and rerun"
+    return what
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     artifacts = commands.add_parser(
-        "artifacts", parents=[common], help="list, show and verify artifacts"
+        "artifacts", parents=[common], help="list, show and verify artifacts; clear leftovers"
     )
     artifact_commands = artifacts.add_subparsers(
         dest="artifacts_command", required=True, metavar="ACTION"
@@ -214,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("id")
     verify.set_defaults(handler=_artifacts_verify)
+    gc = artifact_commands.add_parser(
+        "gc", parents=[common],
+        help="remove what crashed runs left (staging and spill folders no live run holds)",
+    )  # fmt: skip
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.set_defaults(handler=_artifacts_gc)
 
     lineage_cmd = commands.add_parser(
         "lineage", parents=[common], help="everything upstream of an artifact, down to raw inputs"
@@ -518,6 +544,7 @@ def _export(args: argparse.Namespace) -> int:
     store = _store(args)
     manifest = store.require(args.model, kind="model")
     hf = manifest.layout["hf"]
+    store.require_intact(manifest.id, "model", [f"{hf}/{name}" for name in EXPORT_FILES])
     args.out.mkdir(parents=True, exist_ok=True)
     for name in EXPORT_FILES:
         with store.open(manifest.id, f"{hf}/{name}") as src:
@@ -535,7 +562,9 @@ def _export(args: argparse.Namespace) -> int:
 
 def _artifacts_ls(args: argparse.Namespace) -> int:
     store = _store(args)
-    manifests = store.list(args.kind)
+    manifests, problems = store.scan(args.kind)
+    for problem in problems:
+        print(f"bertflow artifacts ls: skipped a broken entry: {problem}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
@@ -585,6 +614,18 @@ def _artifacts_verify(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         return 1
     print(f"{args.id}: all {len(manifest.files)} files match the manifest")
+    return 0
+
+
+def _artifacts_gc(args: argparse.Namespace) -> int:
+    store = _store(args)
+    leftovers = store.leftovers(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for leftover in leftovers:
+        print(f"{verb} {leftover.path} ({leftover.bytes / 1e6:.1f} MB)")
+    total = sum(leftover.bytes for leftover in leftovers) / 1e6
+    print(f"{verb} {len(leftovers)} folder(s) left by runs no longer alive ({total:.1f} MB); "
+          "folders of live runs are kept")  # fmt: skip
     return 0
 
 

@@ -48,6 +48,7 @@ from bertflow.pipeline.downstream import Problem, TaskData, TaskSpec, TaskSplit,
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
 from bertflow.pipeline.seeds import derive_seed
+from bertflow.pipeline.shard_format import VOCAB_FILE
 from bertflow.pipeline.store import ArtifactStore, Published
 
 RESULTS_FILE, REPORT_FILE, CURVES_FILE = "results.json", "report.md", "curves.png"
@@ -91,6 +92,18 @@ def plan_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig)
     )  # fmt: skip
     task_set = task_set_key(config.tasks, inputs)
     return EvaluationPlan(config, model, tasks, inputs, max_seq_len, task_set, evaluation_id)
+
+
+def check_upstream(store: ArtifactStore, model: Manifest) -> None:
+    """The files evaluation reads, checked against their manifests: the model's exported folder
+    and its shards' validation split (the intrinsic metrics)."""
+    hf = model.layout["hf"]
+    store.require_intact(model.id, "model", [f.path for f in model.files
+                                             if f.path.startswith(f"{hf}/")])  # fmt: skip
+    shards = store.get(model.upstream["shards"]) if "shards" in model.upstream else None
+    if shards is not None:
+        validation = [s["path"] for s in shards.layout["splits"].get("validation", [])]
+        store.require_intact(shards.id, "shards", [*validation, VOCAB_FILE])
 
 
 def trained_length(store: ArtifactStore, model: Manifest) -> int:
@@ -438,6 +451,7 @@ def build_and_publish(
     from bertflow.model.evaluation_report import plot_curves, render_report
 
     started = time.monotonic()
+    check_upstream(store, plan.model)
     intrinsic, outcomes, warnings = evaluate(store, plan, callbacks)
     stats: dict[str, Any] = {
         "intrinsic": intrinsic,

@@ -90,6 +90,8 @@ def lineage_section(
         role = f"{node['role']}: " if node.get("role") else ""
         if node.get("missing") or node["id"] in shown:
             why = "missing from the store" if node.get("missing") else "above"
+            if "problem" in node:
+                why = f"cannot be read: {node['problem']}"
             lines.append(f"{indent}- {role}{link(node['id'])} ({why})")
             return
         shown.add(node["id"])

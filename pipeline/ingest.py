@@ -21,7 +21,6 @@ import bisect
 import hashlib
 import io
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from bertflow.pipeline.ingest_config import IngestConfig  # re-exported: importe
 from bertflow.pipeline.ingest_plan import IngestPlan, plan_ingest  # re-exported too
 from bertflow.pipeline.parallel import run_tasks
 from bertflow.pipeline.progress import Progress, ProgressCallback
+from bertflow.pipeline.scratch import TEMP_PREFIX, scratch_folder
 from bertflow.pipeline.sources import SourceFile
 from bertflow.pipeline.store import ArtifactStore, Published
 
@@ -94,7 +94,8 @@ def build_corpus(
     """Write the corpus files of `plan` into `out_dir`; return (stats, layout)."""
     config = plan.config
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bertflow-ingest-spill-") as spill_dir:
+    with scratch_folder(f"{TEMP_PREFIX}ingest-spill-{plan.artifact_id}-") as spill:
+        spill_dir = str(spill)
         map_tasks = [
             _MapTask(i, group, config, spill_dir, plan.buckets, storage_options or {})
             for i, group in enumerate(_group_files(plan.files, config.workers))
@@ -185,7 +186,8 @@ class _MapResult:
 def _map_files(task: _MapTask, report: Callable[[int, int, int], None]) -> _MapResult:
     config = task.config
     limits = SentenceLimits(config.min_sentence_chars, config.max_sentence_chars)
-    options = ReaderOptions(config.text_field, config.doc_split, config.doc_separator)
+    options = ReaderOptions(config.text_field, config.doc_split, config.doc_separator,
+                            config.max_undecodable_fraction)  # fmt: skip
     threshold = int(config.validation_fraction * 2**64)
     result = _MapResult()
     spill = _SpillWriter(Path(task.spill_dir), task.index)

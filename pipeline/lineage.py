@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.store import ArtifactStore, StoreError
 
 MAX_INPUTS_SHOWN = 8
 
@@ -14,7 +14,8 @@ def lineage(store: ArtifactStore, artifact_id: str) -> dict[str, Any]:
     """A tree of dicts: the artifact, its upstream artifacts (by role) and its raw inputs.
 
     An upstream id that is no longer in the store appears with `"missing": true` rather than
-    failing, so a damaged store still shows what it can.
+    failing, so a damaged store still shows what it can; one that cannot be read (not a valid id,
+    a broken manifest) is missing too, with `"problem"` saying why.
     """
     return _node(store, store.require(artifact_id), role=None, seen=set())
 
@@ -25,7 +26,11 @@ def _node(
     seen = seen | {manifest.id}
     upstream = []
     for up_role, up_id in sorted(manifest.upstream.items()):
-        up = store.get(up_id) if up_id not in seen else None
+        try:
+            up = store.get(up_id) if up_id not in seen else None
+        except (StoreError, ValueError) as e:
+            upstream.append({"role": up_role, "id": up_id, "missing": True, "problem": str(e)})
+            continue
         if up is None:
             upstream.append({"role": up_role, "id": up_id, "missing": True})
         else:
@@ -113,7 +118,10 @@ def _render(
     branch = "" if is_root else ("└── " if is_last else "├── ")
     role = f"{node['role']}: " if node.get("role") else ""
     if node.get("missing"):
-        lines.append(f"{prefix}{branch}{role}{node['id']}  (missing from the store)")
+        why = "missing from the store"
+        if "problem" in node:
+            why = f"cannot be read: {node['problem']}"
+        lines.append(f"{prefix}{branch}{role}{node['id']}  ({why})")
         return
     if node["id"] in shown:
         lines.append(f"{prefix}{branch}{role}{node['id']}  (shown above)")

@@ -11,6 +11,8 @@ import multiprocessing
 import os
 import queue
 import resource
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,17 +22,32 @@ Report = Callable[[int, int, int], None]
 # -- running tasks --------------------------------------------------------------------------------
 
 _worker_queue: Any = None
+PARENT_POLL_S = 0.5
 
 
-def _init_worker(progress_queue: Any) -> None:
+def _init_worker(progress_queue: Any, parent: int) -> None:
     global _worker_queue
     _worker_queue = progress_queue
+    _die_with(parent)
     # The processes already use the cores: a tokenizers thread pool in each would oversubscribe
     # them (a spawned worker has not started that pool yet, so this takes effect).
     os.environ["RAYON_NUM_THREADS"] = "1"
     # stages keep a spill file open per output bucket in each task
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _die_with(parent: int) -> None:
+    """Exit as soon as `parent` is gone. A pool's workers outlive a parent killed with SIGKILL
+    (they wait on its queue forever, and keep multiprocessing's resource tracker alive with
+    them); a daemon thread polling the parent's pid ends them within PARENT_POLL_S."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bertflow-watch-parent", daemon=True).start()
 
 
 def _queue_report(bytes_done: int, files_done: int, documents: int) -> None:
@@ -58,7 +75,7 @@ def run_tasks(
         min(workers, len(tasks)),
         mp_context=context,
         initializer=_init_worker,
-        initargs=(progress_queue,),
+        initargs=(progress_queue, os.getpid()),
     ) as pool:
         futures = [pool.submit(_call_in_worker, fn, task) for task in tasks]
         try:

@@ -19,8 +19,10 @@ class ShardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_seq_len: int = Field(
-        128, ge=8, le=8192, description="Tokens per example, specials included."
-    )
+        128, ge=16, le=8192,
+        description="Tokens per example, specials included (at least 16: [CLS] A [SEP] B [SEP] "
+        "needs room for two segments).",
+    )  # fmt: skip
     short_seq_prob: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of documents given a random shorter target length."
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import array
 import functools
 import math
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from bertflow.pipeline.manifest import Manifest, artifact_id
 from bertflow.pipeline.masking import MaskingRule, mask_batch
 from bertflow.pipeline.parallel import Report, run_tasks
 from bertflow.pipeline.progress import Progress, ProgressCallback
+from bertflow.pipeline.scratch import TEMP_PREFIX, scratch_folder, sweep
 from bertflow.pipeline.seeds import derive_seed, python_rng
 from bertflow.pipeline.shard_config import ShardConfig  # re-exported: importers keep this path
 from bertflow.pipeline.shard_format import (
@@ -96,6 +96,7 @@ def make_shards(
     return build_and_publish(store, plan, callbacks, flow_run_id)
 
 
+MAX_RANDOM_NEXT_SHARE = 0.9  # 0.5 is drawn; short examples add more (0.78 at 32 tokens), not this
 TaskRunner = Callable[[Callable[[Any, Report], Any], list[Any]], list[Any]]
 
 
@@ -133,8 +134,14 @@ def build_shards(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     config = plan.config
     started = time.monotonic()
+    store.require_intact(plan.corpus.id, "corpus")
+    store.require_intact(plan.tokenizer.id, "tokenizer")
     vocab = _read_tokenizer_files(store, plan.tokenizer, out_dir)
-    with tempfile.TemporaryDirectory(prefix="bertflow-shards-", dir=spill_root) as spill:
+    prefix = f"{TEMP_PREFIX}shards-{plan.artifact_id}-"
+    if spill_root is not None:  # $TMPDIR is swept by the staging folder; a chosen folder here
+        sweep(spill_root, prefix + "*")
+    with scratch_folder(prefix, spill_root) as spill_folder:
+        spill = str(spill_folder)
         map_tasks = [
             _MapTask(
                 store.url,
@@ -165,6 +172,7 @@ def build_shards(
                 progress.close()
 
         mapped: list[_MapResult] = run("shard: examples", _map_file, map_tasks)
+        _check_shard_counts(plan, mapped)
         write_tasks = []
         for split in SPLITS:
             results = [r for r in mapped if r.split == split]
@@ -184,7 +192,38 @@ def build_shards(
             f"{plan.corpus.id}: no training examples (documents too short to pair? try a smaller"
             " --max-seq-len or --objective none)"
         )
-    return _stats(plan, mapped, written, time.monotonic() - started), _layout(plan, written, vocab)
+    stats = _stats(plan, mapped, written, time.monotonic() - started)
+    stats["warnings"] = _warnings(plan, stats)
+    return stats, _layout(plan, written, vocab)
+
+
+def _check_shard_counts(plan: ShardPlan, mapped: list[_MapResult]) -> None:
+    """More shards than examples would publish empty shard files: refuse, with the numbers."""
+    for split in SPLITS:
+        examples = sum(r.examples for r in mapped if r.split == split)
+        shards = plan.config.shards_of(split)
+        if examples and shards > examples:
+            option = "--num-shards" if split == "train" else "--num-validation-shards"
+            raise InputError(
+                f"{option} {shards} is more than the {examples:,} {split} examples "
+                f"{plan.corpus.id} makes: {shards - examples:,} shards would be empty; use at most "
+                f"{examples:,}"
+            )
+
+
+def _warnings(plan: ShardPlan, stats: dict[str, Any]) -> list[str]:
+    """Pairs that are almost all random-next (NSP) or swapped (SOP) teach the pair objective
+    nothing: it happens when max_seq_len leaves no room for a second segment from the same
+    document."""
+    warnings = []
+    share = stats["train"]["random_next_share"]
+    if plan.config.objective != "none" and share > MAX_RANDOM_NEXT_SHARE:
+        warnings.append(
+            f"{share:.0%} of the training pairs are random-next or swapped, not about half: at "
+            f"--max-seq-len {plan.config.max_seq_len} one sentence fills most examples, so "
+            f"the pair objective learns little; raise --max-seq-len or use --objective none"
+        )
+    return warnings
 
 
 def _map_slices(

@@ -17,9 +17,8 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +40,7 @@ from bertflow.pipeline.manifest import (
     sha256_stream,
     utc_now,
 )
+from bertflow.pipeline.scratch import TEMP_PREFIX, Leftover, scratch_folder, sweep, temp_dir
 
 STORE_ENV = "BERTFLOW_STORE"
 DEFAULT_STORE = "~/.bertflow/store"
@@ -54,6 +54,10 @@ class StoreError(Exception):
 
 class ArtifactNotFound(StoreError):
     pass
+
+
+class ArtifactChanged(StoreError):
+    """An artifact's files are not what its manifest recorded (edited, replaced or truncated)."""
 
 
 def default_store_url() -> str:
@@ -107,7 +111,7 @@ class ArtifactStore:
                 raw = f.read()
         except FileNotFoundError:
             return None
-        return _parse_manifest(raw, self.fs.unstrip_protocol(path))
+        return _parse_manifest(raw, self.fs.unstrip_protocol(path), artifact_id)
 
     def require(self, artifact_id: str, kind: str | None = None) -> Manifest:
         """The manifest of `artifact_id`, or a StoreError saying why it cannot be used."""
@@ -126,24 +130,39 @@ class ArtifactStore:
         return manifest
 
     def list(self, kind: str | None = None) -> list[Manifest]:
+        """Every complete artifact (of `kind`), oldest first; broken entries are left out."""
+        return self.scan(kind)[0]
+
+    def scan(self, kind: str | None = None) -> tuple[list[Manifest], list[str]]:
+        """(every complete artifact, oldest first; one line per entry that cannot be read: a
+        manifest that is not valid, or one whose id is not its folder's name)."""
         kinds = [kind] if kind else sorted(FORMAT_VERSIONS)
         self.fs.invalidate_cache()
-        manifests = []
+        manifests, problems = [], []
         for k in kinds:
             for path in sorted(self.fs.glob(f"{self.root}/{k}/*/{MANIFEST_NAME}")):
-                with self.fs.open(path, "rb") as f:
-                    manifests.append(_parse_manifest(f.read(), self.fs.unstrip_protocol(path)))
-        return sorted(manifests, key=lambda m: (m.created, m.id))
+                folder = path.rsplit("/", 2)[-2]
+                try:
+                    with self.fs.open(path, "rb") as f:
+                        raw = f.read()
+                    manifests.append(_parse_manifest(raw, self.fs.unstrip_protocol(path), folder))
+                except (StoreError, OSError) as e:
+                    problems.append(str(e))
+        return sorted(manifests, key=lambda m: (m.created, m.id)), problems
 
     def open(self, artifact_id: str, relpath: str, mode: str = "rb") -> IO[Any]:
         return self.fs.open(f"{self._dir(artifact_id)}/{relpath}", mode)
 
-    def verify(self, artifact_id: str) -> list[str]:
-        """Re-hash every file the manifest lists; return one line per file that differs."""
+    def verify(self, artifact_id: str, paths: Iterable[str] | None = None) -> list[str]:
+        """Re-hash every file the manifest lists (or those of them in `paths`); return one line
+        per file that differs."""
         manifest = self.require(artifact_id)
+        wanted = None if paths is None else set(paths)
         self.fs.invalidate_cache()
         problems = []
         for entry in manifest.files:
+            if wanted is not None and entry.path not in wanted:
+                continue
             path = f"{self._dir(artifact_id)}/{entry.path}"
             try:
                 size = self.fs.size(path)
@@ -159,24 +178,55 @@ class ArtifactStore:
                 problems.append(f"{entry.path}: content changed (sha256 differs)")
         return problems
 
+    def require_intact(
+        self, artifact_id: str, kind: str | None = None, paths: Iterable[str] | None = None
+    ) -> Manifest:
+        """`require`, then every file of the artifact (or those in `paths`) checked against the
+        manifest's size and sha256: a stage calls this for each upstream artifact before it reads
+        one, so what it builds and publishes never comes from a file changed after publishing."""
+        manifest = self.require(artifact_id, kind)
+        problems = self.verify(artifact_id, paths)
+        if problems:
+            more = len(problems) - 3
+            listed = "; ".join(problems[:3]) + (f"; and {more} more" if more > 0 else "")
+            raise ArtifactChanged(
+                f"{manifest.kind} {artifact_id} in {self.url} is not as it was published: "
+                f"{listed}. Nothing was built from it. Restore the file, or remove "
+                f"{self.uri(artifact_id)} and rerun the stage that made it"
+            )
+        return manifest
+
     # -- writing --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def staging(self, artifact_id: str) -> Iterator[Path]:
         """A fresh local folder to write an artifact's files into; removed afterwards.
 
-        For a local store it lies inside the store, so publishing is a rename on one filesystem.
+        For a local store it lies inside the store, so publishing is a rename on one filesystem;
+        it is made with the permissions of the process's umask (not mkdtemp's 0700), so a store
+        shared by a team's users stays readable by them. What dead runs of the same artifact left
+        (staging and spill folders no live process holds) is removed first.
         """
+        sweep(temp_dir(), f"{TEMP_PREFIX}*{artifact_id}-*")
         if self.is_local:
             base = Path(self.root) / STAGING_DIR
             base.mkdir(parents=True, exist_ok=True)
-            path = Path(tempfile.mkdtemp(prefix=f"{artifact_id}-", dir=base))
+            sweep(base, f"{artifact_id}-*")
+            with scratch_folder(f"{artifact_id}-", base) as path:
+                path.chmod(0o777 & ~current_umask())
+                yield path
         else:
-            path = Path(tempfile.mkdtemp(prefix=f"bertflow-{artifact_id}-"))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+            with scratch_folder(f"{TEMP_PREFIX}{artifact_id}-") as path:
+                yield path
+
+    def leftovers(self, *, dry_run: bool = False) -> list[Leftover]:
+        """Remove what dead runs left: staging folders in a local store, bertflow's spill and
+        staging folders in $TMPDIR, none that a live run holds; return them (or, with
+        `dry_run`, only list them)."""
+        found = []
+        if self.is_local:
+            found += sweep(Path(self.root) / STAGING_DIR, "*", dry_run=dry_run)
+        return found + sweep(temp_dir(), f"{TEMP_PREFIX}*", dry_run=dry_run)
 
     def publish(
         self,
@@ -252,6 +302,15 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (not atomic, but only here)
+    os.umask(mask)
+    return mask
+
+
 def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -271,8 +330,16 @@ def _file_entries(folder: Path) -> list[FileEntry]:
     return entries
 
 
-def _parse_manifest(raw: bytes, where: str) -> Manifest:
+def _parse_manifest(raw: bytes, where: str, folder: str) -> Manifest:
+    """The manifest in `raw`, read from `where` in the folder named `folder` (its id)."""
     try:
-        return Manifest.model_validate(json.loads(raw))
+        manifest = Manifest.model_validate(json.loads(raw))
     except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as e:
-        raise StoreError(f"{where}: not a valid bertflow manifest ({e})") from None
+        reason = str(e).splitlines()[0]
+        raise StoreError(f"{where}: not a valid bertflow manifest ({reason})") from None
+    if manifest.id != folder:
+        raise StoreError(
+            f"{where}: the manifest is of {manifest.id}, not of {folder}, the folder it is in "
+            f"(copied or renamed?); move it back to {manifest.kind}/{manifest.id}"
+        )
+    return manifest

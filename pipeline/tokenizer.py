@@ -48,6 +48,8 @@ MODEL_MAX_LENGTH = 512
 CHAR_COUNT_BATCH = 1 << 20  # characters per numpy count: its buffers are 12x this in bytes
 VALIDATION_SENTENCES = 20_000  # enough for stable rates, cheap on any corpus
 EXAMPLE_SENTENCES = 5
+WARN_UNK_RATE = 0.01  # a WordPiece vocabulary trained on the text has next to no [UNK]
+MAX_UNK_RATE = 0.25
 
 
 def plan_tokenizer(
@@ -95,6 +97,7 @@ def build_and_publish(
     flow_run_id: str | None = None,
 ) -> Published:
     started = time.monotonic()
+    store.require_intact(corpus.id, "corpus")  # both splits are read: training, then validation
     if config.vocab is not None:
         tokenizer = bert_tokenizer(read_vocab(Path(config.vocab).expanduser()), config)
         sampled = {"sampled_bytes": 0, "sampled_documents": 0, "sample_fraction": 0.0}
@@ -108,6 +111,7 @@ def build_and_publish(
         "training_seconds": round(seconds, 3),
         **validation_stats(tokenizer, store, corpus),
     }
+    stats["warnings"] = unknown_token_warnings(stats, corpus.id, config)
     with store.staging(tokenizer_id) as staging:
         write_tokenizer_files(tokenizer, config, staging)
         return store.publish(
@@ -124,6 +128,27 @@ def build_and_publish(
             },
             flow_run_id=flow_run_id,
         )
+
+
+def unknown_token_warnings(
+    stats: dict[str, Any], corpus_id: str, config: TokenizerConfig
+) -> list[str]:
+    """A warning when more than WARN_UNK_RATE of the validation tokens are [UNK]; an error (the
+    tokenizer is not published) above MAX_UNK_RATE: the model could learn nothing from it."""
+    rate = stats.get("unk_rate")
+    if rate is None or rate <= WARN_UNK_RATE:
+        return []
+    source = f"the imported vocabulary {config.vocab}" if config.vocab else "this vocabulary"
+    said = (
+        f"{rate:.1%} of the tokens of {corpus_id}'s validation text are [UNK] with {source} "
+        f"({stats['vocab_size']:,} tokens)"
+    )
+    if rate > MAX_UNK_RATE:
+        raise InputError(
+            f"{said}, more than {MAX_UNK_RATE:.0%}: a model could learn little from it; use a "
+            f"vocabulary made for this text, or train one (no --vocab)"
+        )
+    return [f"{said}; well-made vocabularies stay under {WARN_UNK_RATE:.0%}"]
 
 
 # -- building the tokenizer -----------------------------------------------------------------------

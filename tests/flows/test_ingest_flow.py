@@ -162,3 +162,34 @@ def test_cli_rejects_bad_option_naming_it_and_reports_input_errors(tmp_path, cap
         capsys, "--store", str(tmp_path), "artifacts", "show", "corpus-" + "0" * 20
     )
     assert code == 1 and "no artifact" in err
+
+
+def test_a_write_that_fails_ends_in_one_error_line_and_publishes_nothing(tmp_path: Path) -> None:
+    """A file-size limit makes writes fail as a full disk does (with EFBIG, not ENOSPC)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    import os
+
+    store, temp = tmp_path / "store", tmp_path / "tmp"
+    temp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "bertflow.flows.cli", "--store", str(store), "ingest",
+         "demo-small", "--workers", "1"],
+        env={**os.environ, "TMPDIR": str(temp)}, preexec_fn=limit_file_size,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    said = "bertflow ingest: error: File too large: "
+    assert last.startswith(said) and last.endswith("; nothing was published"), last
+    written = last.removeprefix(said).removesuffix("; nothing was published")
+    assert Path(written).parent in (temp, store / ".staging")  # the spill or staging folder
+    assert ArtifactStore(str(store)).list() == []
+    assert list((store / ".staging").iterdir()) == [] and list(temp.iterdir()) == []

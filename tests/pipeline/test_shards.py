@@ -149,21 +149,28 @@ def test_bad_upstream_ids_are_clear_errors(upstream):
 
 
 def test_a_tokenizer_without_bert_special_tokens_is_refused(upstream, tmp_path):
-    store, corpus_id, _ = upstream
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a"]) + "\n")
-    imported = make_tokenizer(store, corpus_id, TokenizerConfig(vocab=str(vocab))).manifest
-    folder = store.local_path(imported.id)
-    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\na\nx\n")  # [MASK] lost
+    """A tokenizer artifact published without [MASK] (by another tool, or an older version)."""
+    from bertflow.pipeline.manifest import artifact_id
+
+    store, corpus_id, tokenizer_id = upstream
+    made = store.require(tokenizer_id)
+    foreign = artifact_id("tokenizer", {"foreign": True}, upstream={"corpus": corpus_id})
+    with store.staging(foreign) as staging:
+        for f in made.files:
+            (staging / f.path).write_bytes((store.local_path(tokenizer_id) / f.path).read_bytes())
+        vocab = (staging / "vocab.txt").read_text().splitlines()
+        (staging / "vocab.txt").write_text("\n".join(t for t in vocab if t != "[MASK]") + "\n")
+        store.publish(staging, foreign, config={"foreign": True}, upstream=made.upstream,
+                      stats=made.stats, layout=made.layout)  # fmt: skip
     before = shards_in(store)
     with pytest.raises(InputError, match=r"lacks \[MASK\]"):
-        make_shards(store, corpus_id, imported.id, SMALL)
+        make_shards(store, corpus_id, foreign, SMALL)
     assert shards_in(store) == before
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("max_seq_len", 4), ("max_seq_len", 100_000), ("mlm_prob", 0.0), ("mlm_prob", 1.5),
+    [("max_seq_len", 8), ("max_seq_len", 100_000), ("mlm_prob", 0.0), ("mlm_prob", 1.5),
      ("short_seq_prob", -0.1), ("num_shards", 0), ("dupe_factor", 0)],
 )  # fmt: skip
 def test_config_rejects_out_of_range_values_naming_the_field(field, value):
@@ -179,3 +186,26 @@ def test_length_bins_lower_the_padding_share_and_reach_the_loader(upstream):
         store, corpus_id, tokenizer_id, SMALL.model_copy(update={"length_bins": 4})
     ).manifest
     assert binned.layout["length_bins"] == 4
+
+
+def test_more_shards_than_examples_is_refused_with_the_numbers(upstream):
+    store, corpus_id, tokenizer_id = upstream
+    before = store.list("shards")
+    config = ShardConfig(max_seq_len=64, num_shards=5000, num_validation_shards=2, workers=1)
+    said = r"--num-shards 5000 is more than the [\d,]+ train examples .* would be empty; use at"
+    with pytest.raises(InputError, match=said):
+        make_shards(store, corpus_id, tokenizer_id, config)
+    assert store.list("shards") == before
+
+
+def test_examples_too_short_for_pairs_are_published_with_a_warning(upstream):
+    store, corpus_id, tokenizer_id = upstream
+    normal = make_shards(store, corpus_id, tokenizer_id, SMALL).manifest
+    assert normal.stats["warnings"] == []
+    short = ShardConfig(max_seq_len=16, num_shards=2, num_validation_shards=1, workers=1)
+    manifest = make_shards(store, corpus_id, tokenizer_id, short).manifest
+    share = manifest.stats["train"]["random_next_share"]
+    (warning,) = manifest.stats["warnings"]
+    assert share > 0.9 and warning.startswith(f"{share:.0%} of the training pairs are random-next")
+    with pytest.raises(ValueError, match="max_seq_len"):
+        ShardConfig(max_seq_len=8)

@@ -301,10 +301,57 @@ def test_a_corrupt_manifest_is_a_store_error_naming_its_path(
     aid = publish(any_store).manifest.id
     manifest_path = any_store.uri(aid, MANIFEST_NAME)
     any_store.fs.pipe_file(manifest_path, garbage)
-    for read in (any_store.get, any_store.require, lambda _: any_store.list()):
+    for read in (any_store.get, any_store.require):
         with pytest.raises(StoreError, match="not a valid bertflow manifest") as excinfo:
             read(aid)
         assert manifest_path in str(excinfo.value)
+    manifests, problems = any_store.scan()
+    assert manifests == [] and len(problems) == 1
+    assert f"{manifest_path}: not a valid bertflow manifest" in problems[0]
+
+
+def test_one_broken_manifest_is_reported_and_the_others_still_listed(
+    any_store: ArtifactStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bertflow.flows.cli import main
+
+    good = publish(any_store).manifest.id
+    bad = publish(any_store, config={"other": 1}).manifest.id
+    any_store.fs.pipe_file(any_store.uri(bad, MANIFEST_NAME), b"{not json")
+    assert [m.id for m in any_store.list()] == [good]
+    assert main(["artifacts", "ls", "--store", any_store.url]) == 0
+    out, err = capsys.readouterr()
+    assert good in out and bad not in out
+    assert "bertflow artifacts ls: skipped a broken entry: " in err
+    assert any_store.uri(bad, MANIFEST_NAME) in err
+
+
+def test_a_folder_copied_under_another_id_is_reported_not_listed_twice(store: ArtifactStore):
+    import shutil
+
+    original = publish(store).manifest.id
+    copy = artifact_id("corpus", {"copied": True})
+    shutil.copytree(store.local_path(original), store.local_path(copy))
+    manifests, problems = store.scan()
+    assert [m.id for m in manifests] == [original]
+    assert len(problems) == 1 and f"the manifest is of {original}, not of {copy}" in problems[0]
+    with pytest.raises(StoreError, match=f"the manifest is of {original}, not of {copy}"):
+        store.require(copy)
+
+
+def test_lineage_names_an_upstream_id_it_cannot_read_and_goes_on(store: ArtifactStore) -> None:
+    from bertflow.pipeline.lineage import lineage, render
+
+    aid = publish(
+        store, upstream={"tokenizer": "../../etc", "corpus": "corpus-" + "0" * 20}
+    ).manifest.id
+    tree = lineage(store, aid)
+    broken = {up["role"]: up for up in tree["upstream"]}
+    assert broken["tokenizer"]["missing"] and "not an artifact id" in broken["tokenizer"]["problem"]
+    assert broken["corpus"]["missing"] and "problem" not in broken["corpus"]
+    text = render(tree)
+    assert "tokenizer: ../../etc  (cannot be read: " in text
+    assert "(missing from the store)" in text
 
 
 # -- object storage seen from more than one process ---------------------------------------------

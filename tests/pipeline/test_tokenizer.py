@@ -211,3 +211,28 @@ def test_config_rejects_bad_values_naming_the_field():
         TokenizerConfig(min_frequency=0)
     with pytest.raises(ValueError, match="max_chars_per_word"):
         TokenizerConfig(max_chars_per_word=0)
+
+
+def test_an_imported_vocabulary_that_makes_mostly_unknown_tokens_is_refused(corpus_store, tmp_path):
+    store, corpus_id = corpus_store
+    before = tokenizers_in(store)
+    path = tmp_path / "seven.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a"]) + "\n")
+    with pytest.raises(InputError, match=r"\d+\.\d% of the tokens of corpus-\w+'s validation text "
+                                         r"are \[UNK\] with the imported vocabulary .*seven\.txt "
+                                         r"\(7 tokens\), more than 25%"):  # fmt: skip
+        make_tokenizer(store, corpus_id, TokenizerConfig(vocab=str(path)))
+    assert tokenizers_in(store) == before
+
+
+def test_a_vocabulary_missing_a_letter_is_published_with_a_warning(corpus_store, tmp_path):
+    store, corpus_id = corpus_store
+    trained = make_tokenizer(store, corpus_id, SMALL).manifest
+    vocab = (store.local_path(trained.id) / "vocab.txt").read_text().splitlines()
+    path = tmp_path / "no-v.txt"
+    path.write_text("\n".join(t for t in vocab if "v" not in t) + "\n")  # "have", "very", ...
+    manifest = make_tokenizer(store, corpus_id, TokenizerConfig(vocab=str(path))).manifest
+    assert trained.stats["warnings"] == []
+    (warning,) = manifest.stats["warnings"]
+    assert f"{manifest.stats['unk_rate']:.1%} of the tokens" in warning
+    assert 0.01 < manifest.stats["unk_rate"] < 0.25
