@@ -109,13 +109,17 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
-def adamw(model: torch.nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+def adamw(
+    model: torch.nn.Module, o: OptimConfig, device: torch.device, fused: bool = True
+) -> torch.optim.AdamW:
     """AdamW over `parameter_groups`, fused into one kernel where torch has one (CUDA, and the CPU
-    since torch 2.4: a third of the for-loop's optimizer time on the tiny model)."""
-    fused = device.type in ("cuda", "cpu") or None
+    since torch 2.4: a third of the for-loop's optimizer time on the tiny model), else (or when
+    `fused` is off) over all tensors at once (foreach)."""
+    fused = fused and device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
-        parameter_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=fused
-    )
+        parameter_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
+        fused=fused or None, foreach=None if fused else True,
+    )  # fmt: skip
 
 
 class PretrainingModule(L.LightningModule):
@@ -141,6 +145,9 @@ class PretrainingModule(L.LightningModule):
         self._reset_window()
         self._logged_step = 0
         self.last_logged: dict[str, float] = {}
+        # every record logged (train windows, validations), in order: kept in checkpoints so a
+        # resumed run's history is the uninterrupted run's
+        self.history: list[dict[str, float]] = []
         self._validation: torch.Tensor | None = None
 
     # -- steps ----------------------------------------------------------------------------------
@@ -220,6 +227,8 @@ class PretrainingModule(L.LightningModule):
             metrics["val/nsp_acc"] = nsp_correct / examples
         for name, value in metrics.items():
             self.log(name, value, rank_zero_only=True)
+        if not self.trainer.sanity_checking:
+            self.history.append({"step": self.trainer.global_step, **metrics})
 
     # -- throughput -----------------------------------------------------------------------------
 
@@ -232,11 +241,16 @@ class PretrainingModule(L.LightningModule):
         self._window_start, self._logged_step = time.perf_counter(), self.trainer.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log_window()
+
+    def log_window(self) -> None:
         """Every `log_every` optimizer steps, the window's means over all ranks: losses and
         accuracies, real (non-padding) tokens per second, and model FLOPs utilisation =
-        training_flops / seconds / the device's dense bf16 peak (GPUs only)."""
+        training_flops / seconds / the device's dense bf16 peak (GPUs only). Once per step
+        (a checkpoint taken at a logging step calls it first, so it holds that record)."""
         step = self.trainer.global_step
-        if step == self._logged_step or step % self.log_every:
+        last = step >= self.trainer.max_steps > 0  # the last window, however short, too
+        if step == self._logged_step or (step % self.log_every and not last):
             return
         self._logged_step = step
         seconds = max(1e-9, time.perf_counter() - self._window_start)
@@ -261,6 +275,7 @@ class PretrainingModule(L.LightningModule):
         for logger in self.loggers:  # directly: Lightning's own path re-logs a hook's values
             logger.log_metrics(metrics, step=step)
         self.last_logged = {"step": step, **metrics}
+        self.history.append(self.last_logged)
         self._reset_window()
         self._window = self._window.to(self.device)
 
@@ -276,7 +291,11 @@ class PretrainingModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
-        optimizer = adamw(self.model, o, self.device)
+        # Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer
+        # (it unscales them itself): there the foreach one, next fastest, is used.
+        mixed = "mixed" in str(self.trainer.precision)
+        fused = not (mixed and self.trainer.gradient_clip_val)
+        optimizer = adamw(self.model, o, self.device, fused=fused)
         scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, o))
         schedule = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
@@ -284,8 +303,10 @@ class PretrainingModule(L.LightningModule):
     # -- exact resume ---------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Every rank's generator states (dropout), so a resumed run draws the same masks."""
-        state = {"torch": torch.get_rng_state()}
+        """Every rank's generator states (dropout), so a resumed run draws the same masks, and
+        its logging window so far; the history of what was logged."""
+        state = {"torch": torch.get_rng_state(), "window": self._window.cpu(),
+                 "window_flops": self._flops}  # fmt: skip
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         if dist.is_available() and dist.is_initialized():
@@ -294,13 +315,18 @@ class PretrainingModule(L.LightningModule):
         else:
             states = [state]
         checkpoint["bertflow_rng"] = states
+        checkpoint["bertflow_history"] = list(self.history)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("bertflow_history", []))
         states = checkpoint.get("bertflow_rng")
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not states or rank >= len(states):
             return
         torch.set_rng_state(states[rank]["torch"])
+        if "window" in states[rank]:
+            self._window = states[rank]["window"].to(torch.float64)
+            self._flops = float(states[rank]["window_flops"])
         if "cuda" in states[rank] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states[rank]["cuda"])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 from bertflow.model.export import TOKENIZER_FILES, export_hf
 from bertflow.model.model_card import MODEL_CARD_FILE, ModelFacts, render_model_card
@@ -71,6 +73,49 @@ class ProgressPrinter(L.Callback):
             sys.stdout.flush()
 
 
+class StepCheckpoint(Checkpoint):
+    """`path` (the whole training state, for --resume) every `every` optimizer steps, written to
+    a temporary file and renamed, so a crash mid-write leaves the previous one. At a step that
+    also validates (`val_every`), it is written after the validation, so the history it holds
+    has that validation in it, as an uninterrupted run's does."""
+
+    def __init__(self, path: Path, every: int, val_every: int | None):
+        self.path, self.every, self.val_every = path, every, val_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        step = trainer.global_step
+        validates = self.val_every is not None and step % self.val_every == 0
+        if step % self.every == 0 and not validates and step < trainer.max_steps:
+            module.log_window()  # callbacks run before the module's own hook
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        step = trainer.global_step
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if fitting and step % self.every == 0 and step < trainer.max_steps:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        trainer.strategy.barrier("bertflow-checkpoint")
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    """The run's logged records as a CSV: `step`, then every metric, a row per record."""
+    import csv
+
+    columns = ["step", *sorted({k for r in history for k in r} - {"step"})]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, lineterminator="\n")
+        writer.writeheader()
+        for record in history:
+            writer.writerow({**record, "step": int(record["step"])})
+
+
 def _fmt(value: float) -> str:
     if abs(value) >= 1e4:
         return f"{value:,.0f}"
@@ -105,7 +150,8 @@ def publish_model(
         model = module.model.to("cpu").float()
         export_hf(model, tokenizer_dir, staging / "hf")
         shutil.rmtree(tokenizer_dir)
-        history = read_history(staging / METRICS_CSV)
+        history = module.history
+        write_history(history, staging / METRICS_CSV)
         plot_losses(history, staging / "loss.png", title=plan.artifact_id)
         stats = _stats(plan, history, final_validation, seconds, parameters, device, precision)
         (staging / "metrics.json").write_text(json.dumps(stats, indent=2) + "\n")
@@ -124,7 +170,7 @@ def publish_model(
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """Lightning's metrics.csv as rows holding the columns each row filled."""
+    """metrics.csv as rows holding the columns each row filled."""
     import csv
 
     if not path.exists():

@@ -48,6 +48,7 @@ WATCH_PARENT_ENV = "BERTFLOW_WATCH_PARENT"
 CHECKPOINT_DIR, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
 RUNS_DIR = ".runs"  # in a local store: training run folders, beside the artifacts
 VALIDATION_SEED = 2024  # fixed masking seed of validation, the same for every model
+INIT_WEIGHTS = "hf/model.safetensors"  # what --init-from reads of a model artifact
 
 
 @dataclass(frozen=True)
@@ -205,13 +206,14 @@ def train(
 ) -> TrainOutcome:
     """Train until max_steps (or until a callback stops it); rank 0 then publishes."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from bertflow.model.module import OptimConfig, PretrainingModule, ShardDataModule
-    from bertflow.model.report import ProgressPrinter, publish_model
+    from bertflow.model.report import ProgressPrinter, StepCheckpoint, publish_model
 
     c = plan.config
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # once per node: its other ranks skip it
+        check_upstream(store, plan)
     quiet_lightning_logs()
     L.seed_everything(c.seed, workers=True, verbose=False)
     optim = OptimConfig(
@@ -227,6 +229,12 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = run_dir / CHECKPOINT_DIR
     last = checkpoints / LAST_CHECKPOINT
+    data = ShardDataModule(
+        store.url, plan.shards.id, _train_loader_config(c), num_workers=c.num_workers,
+        pin_memory=torch.cuda.is_available() and c.accelerator != "cpu", seed=c.seed,
+        validation_seed=VALIDATION_SEED,
+    )  # fmt: skip
+    validates = data.has_validation()
     trainer = L.Trainer(
         accelerator=c.accelerator, devices=_devices(c.devices), num_nodes=c.num_nodes,
         strategy=c.strategy, precision=resolve_precision(c), max_steps=c.max_steps,
@@ -236,30 +244,24 @@ def train(
         num_sanity_val_steps=0, log_every_n_steps=1, use_distributed_sampler=False,
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
         default_root_dir=run_dir,
-        logger=[CSVLogger(run_dir, name="logs", version=""),
-                TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")],
+        logger=TensorBoardLogger(run_dir / "logs", name="tensorboard", version=""),
         callbacks=[
-            ModelCheckpoint(dirpath=checkpoints, filename="{step}", save_last=True,
-                            every_n_train_steps=c.checkpoint_every, save_top_k=1),
+            StepCheckpoint(last, c.checkpoint_every, c.val_every if validates else None),
             ProgressPrinter(c.max_steps),
             *callbacks,
         ],
     )  # fmt: skip
-    data = ShardDataModule(
-        store.url, plan.shards.id, _train_loader_config(c), num_workers=c.num_workers,
-        pin_memory=torch.cuda.is_available() and c.accelerator != "cpu", seed=c.seed,
-        validation_seed=VALIDATION_SEED,
-    )  # fmt: skip
     ckpt_path = str(last) if resume and last.exists() else None
     started = time.monotonic()
     with _quiet_warnings():
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        # weights_only: a checkpoint is tensors and plain containers; anything else is refused
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     completed = trainer.global_step >= c.max_steps
     if not completed:
         return TrainOutcome(False, trainer.global_step, None)
     trainer.save_checkpoint(last, weights_only=False)  # the whole state: --resume needs it
     final = {}
-    if data.has_validation():
+    if validates:
         with _quiet_warnings():
             results = trainer.validate(module, datamodule=data, verbose=False)
         final = {k.removeprefix("val/"): float(v) for k, v in (results or [{}])[0].items()}
@@ -272,6 +274,14 @@ def train(
         precision=str(trainer.precision),
     )  # fmt: skip
     return TrainOutcome(True, trainer.global_step, published)
+
+
+def check_upstream(store: ArtifactStore, plan: PretrainPlan) -> None:
+    """Every file training reads, checked against its manifest before the first step: the
+    shards (both splits and the vocabulary) and, when training continues a model, its weights."""
+    store.require_intact(plan.shards.id, "shards")
+    if plan.config.init_from:
+        store.require_intact(plan.config.init_from, "model", [INIT_WEIGHTS])
 
 
 def resolve_precision(config: TrainConfig) -> str:
@@ -336,7 +346,7 @@ def load_weights(store: ArtifactStore, model_id: str, model: torch.nn.Module) ->
 
     from bertflow.model.bert import load_hf_state_dict
 
-    with store.open(model_id, "hf/model.safetensors") as f:
+    with store.open(model_id, INIT_WEIGHTS) as f:
         state = load_safetensors(f.read())
     name = "bert.embeddings.position_embeddings.weight"
     own = model.state_dict()[name]

@@ -204,7 +204,7 @@ def running_flow(tiny_shards, training_config, tmp_path) -> Iterator[RunningFlow
     try:
         trainer = poll(lambda: trainer_processes(run_dir), 90)
         assert trainer, f"no trainer started; the flow said:\n{output.read_text()[-3000:]}"
-        fit_started = poll((run_dir / "logs/hparams.yaml").exists, 90)
+        fit_started = poll((run_dir / "logs/tensorboard/hparams.yaml").exists, 90)
         assert fit_started, f"the trainer did not start fit:\n{output.read_text()[-3000:]}"
         busy_from = cpu_seconds(trainer[0])
         assert poll(lambda: cpu_seconds(trainer[0]) - busy_from > 2, 30), "no training steps"
