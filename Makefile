@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/integrity.py
 
 clean:
 	rm -rf $(VENV)
