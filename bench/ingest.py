@@ -28,7 +28,7 @@ from pathlib import Path
 
 from blingfire import text_to_sentences
 
-from bertflow.pipeline.sources import demo_corpus_dir
+from bertflow.pipeline.demo_task import pretraining_speeches
 
 GOAL_NO_BREAK = 1.5  # text with no break takes at most this many times prose's seconds
 
@@ -39,7 +39,7 @@ def build_corpus(folder: Path, target_mb: float) -> tuple[int, int]:
         files = sorted(folder.rglob("*.txt"))
         return len(files), sum(f.stat().st_size for f in files)
     shutil.rmtree(folder, ignore_errors=True)
-    speeches = sorted(demo_corpus_dir().glob("*.txt"))
+    speeches = sorted(pretraining_speeches())
     texts = [(p.name, p.read_text(encoding="utf-8")) for p in speeches]
     total, files, copy = 0, 0, 0
     while total < target_mb * 1e6:
