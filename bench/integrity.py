@@ -14,11 +14,15 @@ one seed and no baselines. Goal: the check costs at most GOAL_SHARE of its stage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from quality import WithoutProgressRecords  # bench/ is the script's folder, so on sys.path
 
 from bertflow.flows.pipeline_config import demo
 from bertflow.model.evaluate import build_and_publish as evaluate
@@ -77,7 +81,8 @@ def run(store: ArtifactStore, steps: int, repeats: int, run_dir: Path) -> list[t
                                         "warmup_steps": warmup, "val_every": steps,
                                         "checkpoint_every": steps})  # fmt: skip
     plan = plan_pretrain(store, shards, config)
-    seconds, _ = timed(lambda: train(store, plan, run_dir))
+    with contextlib.redirect_stdout(WithoutProgressRecords(sys.stdout)):
+        seconds, _ = timed(lambda: train(store, plan, run_dir))
     model = store.require(plan.artifact_id)
     check = median_seconds(lambda: check_training(store, plan), repeats)
     rows.append((f"pretrain ({steps} steps)", "shards", upstream_bytes(store, [shards]), seconds,
