@@ -38,6 +38,7 @@ from bertflow.pipeline.tokenizer_config import TokenizerConfig
 STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_TIMEOUT_S = 120
 # What prefect.server.api.server.SubprocessASGIServer raises (a RuntimeError) when that runs out.
+UNREACHABLE = "Failed to reach API at"  # Prefect's RuntimeError when its server does not answer
 STARTUP_TIMED_OUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 KEEP_A_SERVER = "export PREFECT_API_URL=http://127.0.0.1:4200/api; prefect server start"
 
@@ -307,7 +308,7 @@ def _on_prefect_server(command: str, run_flow: Callable[[], Any]) -> Any:
     its time-out into a PrefectServerError. The limit is read once, when Prefect is imported,
     which is why the command's flow module is imported only after this has set it."""
     if os.environ.get("PREFECT_API_URL"):
-        return run_flow()
+        return _on_server(run_flow, os.environ["PREFECT_API_URL"])
     os.environ.setdefault(STARTUP_TIMEOUT_ENV, str(STARTUP_TIMEOUT_S))
     limit = os.environ[STARTUP_TIMEOUT_ENV]
     if not limit.strip().isdigit():  # else Prefect's settings refuse it, naming no variable
@@ -325,6 +326,24 @@ def _on_prefect_server(command: str, run_flow: Callable[[], Any]) -> Any:
             f"the temporary Prefect server did not start within {limit} s; raise "
             f"{STARTUP_TIMEOUT_ENV} (e.g. to 300), or keep a server running "
             f"(`{KEEP_A_SERVER}`) and set PREFECT_API_URL here"
+        ) from None
+
+
+def _on_server(run_flow: Callable[[], Any], api_url: str) -> Any:
+    """Run a flow on the server at `api_url`; the server lost (down, restarting) during the run
+    becomes a PrefectServerError saying so, not a traceback."""
+    from bertflow.flows.serving import connection_lost
+
+    try:
+        return run_flow()
+    except Exception as e:
+        why = connection_lost(e)
+        if why is None and not (isinstance(e, RuntimeError) and UNREACHABLE in str(e)):
+            raise
+        raise PrefectServerError(
+            f"the Prefect server at {api_url} did not answer during the run ({why or e}); what "
+            f"the run had published is kept, the rest is not: run the command again once the "
+            f"server is up (finished stages are then cached)"
         ) from None
 
 

@@ -73,7 +73,8 @@ def serve(
     except (Exception, KeyboardInterrupt) as e:
         # The runner may give up on a refused connection before the watch counts the server
         # as lost (its shutdown then fails to pause the deployments): that is the loss too.
-        failed_on = connection_lost(e)
+        lost_connection = connection_lost(e)
+        failed_on = f"serving failed on {lost_connection}" if lost_connection else None
         if watcher.lost is None and failed_on is None:
             raise  # not the server's loss: as serving did before
     finally:
@@ -97,7 +98,7 @@ def connection_lost(error: BaseException) -> str | None:
             continue
         seen.add(id(e))
         if isinstance(e, httpx.TransportError):
-            return f"serving failed on a lost connection: {type(e).__name__}: {e}"
+            return f"a lost connection: {type(e).__name__}: {e}"
         pending.extend(x for x in (e.__cause__, e.__context__) if x is not None)
         if isinstance(e, BaseExceptionGroup):
             pending.extend(e.exceptions)

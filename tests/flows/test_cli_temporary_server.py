@@ -64,3 +64,24 @@ def test_a_limit_prefect_cannot_read_is_named(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.startswith(f"bertflow ingest: error: {STARTUP_TIMEOUT_ENV}='0.5': ")
+
+
+def test_a_server_that_does_not_answer_is_a_clear_error(tmp_path):
+    """PREFECT_API_URL set, nothing listening there (a server down or restarting)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [*BERTFLOW, "--store", str(store), "ingest", "demo-small", "--workers", "1"],
+        env={**no_server_env(tmp_path), "PREFECT_API_URL": url},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"bertflow ingest: error: the Prefect server at {url} did not answer")
+    assert "run the command again once the server is up" in last
+    assert not any(store.glob("corpus/*"))
