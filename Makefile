@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/integrity.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV)
