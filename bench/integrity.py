@@ -3,7 +3,7 @@
     python bench/integrity.py [--steps 300] [--store DIR] [--repeats 3]
 
 Every stage re-hashes the upstream files it reads against their manifests before it builds
-(`ArtifactStore.require_intact`). This runs the demo pipeline's stages on the demo corpus, each
+(`ArtifactStore.check_intact`). This runs the demo pipeline's stages on the demo corpus, each
 timed as a whole (in this process, the stage's own functions; the store is a temporary folder
 unless --store names one, and then its artifacts are reused: pass a new folder for stage times),
 then times each stage's check alone (the median of --repeats), and prints the check's share of
@@ -61,15 +61,15 @@ def run(store: ArtifactStore, steps: int, repeats: int, run_dir: Path) -> list[t
     corpus = published.manifest.id
     seconds, published = timed(lambda: make_tokenizer(store, corpus, pipeline.tokenizer))
     tokenizer = published.manifest.id
-    check = median_seconds(lambda: store.require_intact(corpus, "corpus"), repeats)
+    check = median_seconds(lambda: store.check_intact(store.require(corpus)), repeats)
     rows.append(("tokenizer", "corpus", upstream_bytes(store, [corpus]), seconds, check))
 
     seconds, published = timed(lambda: make_shards(store, corpus, tokenizer, phase.shard))
     shards = published.manifest.id
 
     def check_shards() -> None:
-        store.require_intact(corpus, "corpus")
-        store.require_intact(tokenizer, "tokenizer")
+        store.check_intact(store.require(corpus))
+        store.check_intact(store.require(tokenizer))
 
     check = median_seconds(check_shards, repeats)
     rows.append(("shard", "corpus + tokenizer", upstream_bytes(store, [corpus, tokenizer]),

@@ -563,7 +563,7 @@ def _export(args: argparse.Namespace) -> int:
     store = _store(args)
     manifest = store.require(args.model, kind="model")
     hf = manifest.layout["hf"]
-    store.require_intact(manifest.id, "model", [f"{hf}/{name}" for name in EXPORT_FILES])
+    store.check_intact(manifest, [f"{hf}/{name}" for name in EXPORT_FILES])
     args.out.mkdir(parents=True, exist_ok=True)
     for name in EXPORT_FILES:
         with store.open(manifest.id, f"{hf}/{name}") as src:

@@ -98,12 +98,11 @@ def check_upstream(store: ArtifactStore, model: Manifest) -> None:
     """The files evaluation reads, checked against their manifests: the model's exported folder
     and its shards' validation split (the intrinsic metrics)."""
     hf = model.layout["hf"]
-    store.require_intact(model.id, "model", [f.path for f in model.files
-                                             if f.path.startswith(f"{hf}/")])  # fmt: skip
+    store.check_intact(model, [f.path for f in model.files if f.path.startswith(f"{hf}/")])
     shards = store.get(model.upstream["shards"]) if "shards" in model.upstream else None
     if shards is not None:
         validation = [s["path"] for s in shards.layout["splits"].get("validation", [])]
-        store.require_intact(shards.id, "shards", [*validation, VOCAB_FILE])
+        store.check_intact(shards, [*validation, VOCAB_FILE])
 
 
 def trained_length(store: ArtifactStore, model: Manifest) -> int:

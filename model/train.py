@@ -279,9 +279,9 @@ def train(
 def check_upstream(store: ArtifactStore, plan: PretrainPlan) -> None:
     """Every file training reads, checked against its manifest before the first step: the
     shards (both splits and the vocabulary) and, when training continues a model, its weights."""
-    store.require_intact(plan.shards.id, "shards")
+    store.check_intact(plan.shards)
     if plan.config.init_from:
-        store.require_intact(plan.config.init_from, "model", [INIT_WEIGHTS])
+        store.check_intact(store.require(plan.config.init_from, "model"), [INIT_WEIGHTS])
 
 
 def resolve_precision(config: TrainConfig) -> str:

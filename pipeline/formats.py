@@ -231,15 +231,15 @@ def _utf8_complete(data: bytes) -> int:
     return len(data)
 
 
-def _repair_utf8(data: bytes, tally: ReadTally) -> bytes:
-    """`data` if it is valid UTF-8, else re-encoded with U+FFFD for each bad sequence (counted)."""
+def _repair_utf8(data: bytes) -> tuple[bytes, int]:
+    """(`data` if it is valid UTF-8, else re-encoded with U+FFFD for each bad sequence; how many
+    bad sequences there were)."""
     try:
         data.decode("utf-8")
-        return data
+        return data, 0
     except UnicodeDecodeError:
         text = data.decode("utf-8", errors="replace")
-        tally.replaced_chars += text.count("\ufffd") - data.count("\ufffd".encode())
-        return text.encode("utf-8")
+        return text.encode("utf-8"), text.count("\ufffd") - data.count("\ufffd".encode())
 
 
 class _Utf8Repaired(_ChunkReader):
@@ -285,9 +285,9 @@ class _Utf8Repaired(_ChunkReader):
                 f"{self._name}: not text: a NUL byte at byte {self._bytes + nul:,} (a binary "
                 f"file, or UTF-16/32 text: convert it to UTF-8)"
             )
-        before = self._tally.replaced_chars
-        repaired = _repair_utf8(data, self._tally)
-        self._undecodable += self._tally.replaced_chars - before
+        repaired, bad = _repair_utf8(data)
+        self._tally.replaced_chars += bad
+        self._undecodable += bad
         self._bytes += len(data)
         if (end or self._bytes >= NOT_TEXT_SAMPLE) and self._bytes:
             share = self._undecodable / self._bytes

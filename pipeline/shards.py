@@ -134,8 +134,8 @@ def build_shards(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     config = plan.config
     started = time.monotonic()
-    store.require_intact(plan.corpus.id, "corpus")
-    store.require_intact(plan.tokenizer.id, "tokenizer")
+    store.check_intact(plan.corpus)
+    store.check_intact(plan.tokenizer)
     vocab = _read_tokenizer_files(store, plan.tokenizer, out_dir)
     prefix = f"{TEMP_PREFIX}shards-{plan.artifact_id}-"
     if spill_root is not None:  # $TMPDIR is swept by the staging folder; a chosen folder here

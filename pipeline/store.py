@@ -156,14 +156,30 @@ class ArtifactStore:
     def verify(self, artifact_id: str, paths: Iterable[str] | None = None) -> list[str]:
         """Re-hash every file the manifest lists (or those of them in `paths`); return one line
         per file that differs."""
-        manifest = self.require(artifact_id)
+        return self._differences(self.require(artifact_id), paths)
+
+    def check_intact(self, manifest: Manifest, paths: Iterable[str] | None = None) -> None:
+        """Every file of the artifact (or those in `paths`) checked against the manifest's size
+        and sha256: a stage calls this for each upstream artifact before it reads one, so what it
+        builds and publishes never comes from a file changed after publishing."""
+        problems = self._differences(manifest, paths)
+        if problems:
+            more = len(problems) - 3
+            listed = "; ".join(problems[:3]) + (f"; and {more} more" if more > 0 else "")
+            raise ArtifactChanged(
+                f"{manifest.kind} {manifest.id} in {self.url} is not as it was published: "
+                f"{listed}. Nothing was built from it. Restore the file, or remove "
+                f"{self.uri(manifest.id)} and rerun the stage that made it"
+            )
+
+    def _differences(self, manifest: Manifest, paths: Iterable[str] | None) -> list[str]:
         wanted = None if paths is None else set(paths)
         self.fs.invalidate_cache()
         problems = []
         for entry in manifest.files:
             if wanted is not None and entry.path not in wanted:
                 continue
-            path = f"{self._dir(artifact_id)}/{entry.path}"
+            path = f"{self._dir(manifest.id)}/{entry.path}"
             try:
                 size = self.fs.size(path)
             except FileNotFoundError:
@@ -177,24 +193,6 @@ class ArtifactStore:
             if digest != entry.sha256:
                 problems.append(f"{entry.path}: content changed (sha256 differs)")
         return problems
-
-    def require_intact(
-        self, artifact_id: str, kind: str | None = None, paths: Iterable[str] | None = None
-    ) -> Manifest:
-        """`require`, then every file of the artifact (or those in `paths`) checked against the
-        manifest's size and sha256: a stage calls this for each upstream artifact before it reads
-        one, so what it builds and publishes never comes from a file changed after publishing."""
-        manifest = self.require(artifact_id, kind)
-        problems = self.verify(artifact_id, paths)
-        if problems:
-            more = len(problems) - 3
-            listed = "; ".join(problems[:3]) + (f"; and {more} more" if more > 0 else "")
-            raise ArtifactChanged(
-                f"{manifest.kind} {artifact_id} in {self.url} is not as it was published: "
-                f"{listed}. Nothing was built from it. Restore the file, or remove "
-                f"{self.uri(artifact_id)} and rerun the stage that made it"
-            )
-        return manifest
 
     # -- writing --------------------------------------------------------------------------------
 

@@ -97,7 +97,7 @@ def build_and_publish(
     flow_run_id: str | None = None,
 ) -> Published:
     started = time.monotonic()
-    store.require_intact(corpus.id, "corpus")  # both splits are read: training, then validation
+    store.check_intact(corpus)  # both splits are read: training, then validation
     if config.vocab is not None:
         tokenizer = bert_tokenizer(read_vocab(Path(config.vocab).expanduser()), config)
         sampled = {"sampled_bytes": 0, "sampled_documents": 0, "sample_fraction": 0.0}
