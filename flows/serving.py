@@ -69,17 +69,24 @@ def serve(
     watcher.start()
     failed_on: str | None = None
     try:
-        prefect_serve(*deployments)  # returns quietly from the watch's interrupt
-    except (Exception, KeyboardInterrupt) as e:
-        # The runner may give up on a refused connection before the watch counts the server
-        # as lost (its shutdown then fails to pause the deployments): that is the loss too.
-        lost_connection = connection_lost(e)
-        failed_on = f"serving failed on {lost_connection}" if lost_connection else None
-        if watcher.lost is None and failed_on is None:
-            raise  # not the server's loss: as serving did before
-    finally:
-        watcher.stop()
-        observer_log.removeHandler(watcher.observer_failures)
+        try:
+            prefect_serve(*deployments)  # returns quietly from the watch's interrupt
+        except (Exception, KeyboardInterrupt) as e:
+            # The runner may give up on a refused connection before the watch counts the
+            # server as lost (its shutdown then fails to pause the deployments): that is the
+            # loss too.
+            lost_connection = connection_lost(e)
+            failed_on = f"serving failed on {lost_connection}" if lost_connection else None
+            if watcher.lost is None and failed_on is None:
+                raise  # not the server's loss: as serving did before
+        finally:
+            watcher.stop()  # from here on the watch interrupts nothing
+            observer_log.removeHandler(watcher.observer_failures)
+    except KeyboardInterrupt:
+        # The watch's interrupt, landing after the runner had stopped on its own (it handles
+        # the ones that come while it serves); a user's Ctrl-C still stops as it did.
+        if not watcher.interrupted:
+            raise
     lost = watcher.lost or failed_on
     if lost is None:
         return 0
@@ -145,10 +152,22 @@ class _Watcher(threading.Thread):
         self.api_url, self.watch = api_url, watch
         self.observer_failures = _ObserverFailures()
         self.lost: str | None = None
+        self.interrupted = False
         self._stopped = threading.Event()
+        self._lock = threading.Lock()  # so that no interrupt comes once stop() has returned
 
     def stop(self) -> None:
-        self._stopped.set()
+        with self._lock:
+            self._stopped.set()
+
+    def _interrupt(self) -> bool:
+        """Interrupt the main thread as Ctrl-C does, unless serving has already stopped."""
+        with self._lock:
+            if self._stopped.is_set():
+                return False
+            self.interrupted = True
+            os.kill(os.getpid(), signal.SIGINT)  # prefect.serve shuts down as on Ctrl-C
+            return True
 
     def run(self) -> None:
         why = self._wait_until_lost()
@@ -159,9 +178,13 @@ class _Watcher(threading.Thread):
         print(f"bertflow serve: lost the Prefect server at {self.api_url} ({why}); serving "
               f"stops once it is back (waiting up to {wait_s:g} s)",
               file=sys.stderr, flush=True)  # fmt: skip
-        if not self._wait_until_back():
+        back = self._wait_until_back()
+        if self._stopped.is_set():  # the runner stopped on its own meanwhile
+            return
+        if not back:
             self.lost += f"; not back after {wait_s:g} s"
-        os.kill(os.getpid(), signal.SIGINT)  # prefect.serve shuts down as on Ctrl-C
+        if not self._interrupt():
+            return
         if not self._stopped.wait(self.watch.shutdown_within_s):
             why = f"{self.lost}; shutdown unfinished after {self.watch.shutdown_within_s:g} s"
             print(lost_message(self.api_url, why), file=sys.stderr, flush=True)

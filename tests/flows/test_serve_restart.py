@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from prefect.states import Cancelling
 from prefect_records import PrefectRecords, poll, wait_for_run
 from prefect_server import PrefectServer
 
+from bertflow.flows import serving
 from bertflow.flows.deployments import ServeOptions, deployments
 from bertflow.flows.ingest import ingest_flow
 from bertflow.flows.pipeline_config import PipelineConfig, to_yaml
@@ -188,3 +190,20 @@ def test_a_runner_that_fails_on_a_lost_connection_counts_as_the_server_lost():
     except RuntimeError as e:
         assert "ConnectError" in (connection_lost(BaseExceptionGroup("serve", [e])) or "")
     assert connection_lost(ValueError("a bad deployment")) is None
+
+
+def test_a_runner_that_stops_on_its_own_while_the_watch_waits_is_not_interrupted_later(monkeypatch):
+    """Under load the runner can stop by itself (on a refused connection) while the watch waits
+    for the lost server to come back: serve exits SERVER_LOST, and the watch's Ctrl-C comes
+    neither during that exit nor after it (it once landed in the exit message)."""
+    with socket.socket() as s:  # a port nothing listens on: the server is gone
+        s.bind(("127.0.0.1", 0))
+        api_url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    watch = ServerWatch(check_every_s=0.05, timeout_s=0.2, lost_after_s=0.2, return_within_s=5.0)
+    monkeypatch.setattr(serving, "prefect_serve", lambda *_: time.sleep(1.0))  # stops by itself
+    try:
+        code = serving.serve([], api_url, watch)
+        time.sleep(1.0)  # for an interrupt the watch would still send
+    except KeyboardInterrupt:
+        pytest.fail("the watch interrupted the process after serving had stopped")
+    assert code == SERVER_LOST
