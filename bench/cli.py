@@ -52,8 +52,9 @@ def bertflow() -> list[str]:
 def build_store(root: Path) -> tuple[str, str]:
     """(store URL, evaluation id) of a store made with the library, in a child process: this one
     stays light and the training's output is kept out of the table (shown if it fails)."""
-    done = subprocess.run([sys.executable, __file__, "--build-store", str(root)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--build-store", str(root)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         sys.exit(f"building the store failed:\n{done.stdout}{done.stderr}")
     made = json.loads(done.stdout.strip().splitlines()[-1])
@@ -71,16 +72,29 @@ def _build_store_here(root: Path) -> dict[str, str]:
 
     store = ArtifactStore(str(root / "store"))
     task = root / "task.jsonl"
-    task.write_text("".join(
-        json.dumps({"text": f"the nation saw {'peace' if i % 2 else 'war'} in {i}",
-                    "label": i % 2}) + "\n"
-        for i in range(40)
-    ))  # fmt: skip
+    task.write_text(
+        "".join(
+            json.dumps(
+                {"text": f"the nation saw {'peace' if i % 2 else 'war'} in {i}", "label": i % 2}
+            )
+            + "\n"
+            for i in range(40)
+        )
+    )
     training = TrainConfig(
-        preset="tiny", max_steps=12, batch_size=16, lr=1e-3, warmup_steps=2, log_every=6,
-        val_every=6, val_batches=2, checkpoint_every=12, num_workers=0, accelerator="cpu",
+        preset="tiny",
+        max_steps=12,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=6,
+        val_every=6,
+        val_batches=2,
+        checkpoint_every=12,
+        num_workers=0,
+        accelerator="cpu",
         devices="1",
-    )  # fmt: skip
+    )
     with contextlib.redirect_stdout(sys.stderr):  # stdout ends with the JSON line alone
         corpus = ingest(IngestConfig(sources=["demo-small"], validation_fraction=0.1), store)
         vocabulary = TokenizerConfig(vocab_size=2000, limit_alphabet=200)
@@ -89,10 +103,19 @@ def _build_store_here(root: Path) -> dict[str, str]:
         shards = make_shards(store, corpus.manifest.id, tokenizer.manifest.id, sharding)
         outcome = train(store, plan_pretrain(store, shards.manifest.id, training), root / "run")
         assert outcome.published is not None
-        evaluation = run_evaluation(store, outcome.published.manifest.id, EvaluateConfig(
-            tasks=[TaskSpec(path=str(task))], seeds=1, epochs=1, baselines=[],
-            intrinsic_max_batches=1, max_seq_len=32, device="cpu",
-        ))  # fmt: skip
+        evaluation = run_evaluation(
+            store,
+            outcome.published.manifest.id,
+            EvaluateConfig(
+                tasks=[TaskSpec(path=str(task))],
+                seeds=1,
+                epochs=1,
+                baselines=[],
+                intrinsic_max_batches=1,
+                max_seq_len=32,
+                device="cpu",
+            ),
+        )
     return {"store": store.url, "evaluation": evaluation.manifest.id}
 
 
@@ -128,16 +151,32 @@ def prefect_server(home: Path) -> Iterator[str]:
     block ends; yields its PREFECT_API_URL."""
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
-           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while not _healthy(api_url):
@@ -160,8 +199,9 @@ def median_seconds(argv: list[str], env: dict[str, str], runs: int) -> float:
     times = []
     for i in range(runs + 1):
         started = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         if i:
             times.append(time.perf_counter() - started)
     return statistics.median(times)
@@ -190,18 +230,30 @@ def main() -> None:
         started = time.perf_counter()
         store_url, evaluation = build_store(root)
         built_s = time.perf_counter() - started
-        print(f"store: {store_url} (built in {built_s:.0f} s); {os.cpu_count()} CPUs, load "
-              f"average {os.getloadavg()[0]:.1f}\n", flush=True)  # fmt: skip
+        print(
+            f"store: {store_url} (built in {built_s:.0f} s); {os.cpu_count()} CPUs, load "
+            f"average {os.getloadavg()[0]:.1f}\n",
+            flush=True,
+        )
         base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         base["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
         store = ["--store", store_url]
         no_flow = [
-            ["--help"], ["pretrain", "--help"], [*store, "artifacts", "ls"],
-            [*store, "lineage", evaluation], [*store, "evaluate", "--show", evaluation],
+            ["--help"],
+            ["pretrain", "--help"],
+            [*store, "artifacts", "ls"],
+            [*store, "lineage", evaluation],
+            [*store, "evaluate", "--show", evaluation],
             [*store, "evaluate", "--compare", evaluation, evaluation],
-        ]  # fmt: skip
-        rows = [("python -c pass", median_seconds([sys.executable, "-c", "pass"], base,
-                                                  args.runs), None, True)]  # fmt: skip
+        ]
+        rows = [
+            (
+                "python -c pass",
+                median_seconds([sys.executable, "-c", "pass"], base, args.runs),
+                None,
+                True,
+            )
+        ]
         for argv in no_flow:
             shown = " ".join("ID" if a == evaluation else a for a in argv if a not in store)
             seconds = median_seconds([*bertflow(), *argv], base, args.runs)
@@ -210,8 +262,14 @@ def main() -> None:
         with prefect_server(root / "server") as api_url:
             served = {**base, "PREFECT_API_URL": api_url}
             seconds = median_seconds([sys.executable, __file__, "--empty-flow"], served, args.runs)
-            rows.append(("python bench/cli.py --empty-flow (Prefect's floor), server running",
-                         seconds, None, False))  # fmt: skip
+            rows.append(
+                (
+                    "python bench/cli.py --empty-flow (Prefect's floor), server running",
+                    seconds,
+                    None,
+                    False,
+                )
+            )
             seconds = median_seconds([*bertflow(), *store, *INGEST], served, args.runs)
             rows.append((f"{cached}, Prefect server running", seconds, CACHED_STAGE_GOAL_S, False))
         no_server = {**base, "PREFECT_HOME": str(root / "temporary-server")}
@@ -223,8 +281,10 @@ def main() -> None:
     print("| command | median s | x `python -c pass` | goal |")
     print("|---|---:|---:|---|")
     for name, seconds, limit, strict in rows:
-        print(f"| `{name}` | {seconds:.2f} | {seconds / anchor:.0f} | "
-              f"{goal(seconds, limit, strict)} |")  # fmt: skip
+        print(
+            f"| `{name}` | {seconds:.2f} | {seconds / anchor:.0f} | "
+            f"{goal(seconds, limit, strict)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -60,15 +60,27 @@ def rows(seconds: float, stats: dict[str, Any]) -> list[tuple[str, str, str, boo
     intrinsic = stats.get("intrinsic", {})
     if "mlm_acc" in intrinsic:
         acc = intrinsic["mlm_acc"]
-        out.append(("MLM accuracy (validation)", f"{acc:.3f}", f">= {MLM_ACCURACY_GOAL}",
-                    acc >= MLM_ACCURACY_GOAL))  # fmt: skip
+        out.append(
+            (
+                "MLM accuracy (validation)",
+                f"{acc:.3f}",
+                f">= {MLM_ACCURACY_GOAL}",
+                acc >= MLM_ACCURACY_GOAL,
+            )
+        )
     else:
         out.append(("MLM accuracy (validation)", "not measured", f">= {MLM_ACCURACY_GOAL}", False))
     if "nsp_acc" in intrinsic:
         n = int(intrinsic.get("examples", 0))
         bar = 0.5 + CHANCE_MARGIN_SE * math.sqrt(0.25 / max(1, n))
-        out.append((f"NSP accuracy ({n:,} examples)", f"{intrinsic['nsp_acc']:.3f}",
-                    f"> {bar:.3f}", intrinsic["nsp_acc"] > bar))  # fmt: skip
+        out.append(
+            (
+                f"NSP accuracy ({n:,} examples)",
+                f"{intrinsic['nsp_acc']:.3f}",
+                f"> {bar:.3f}",
+                intrinsic["nsp_acc"] > bar,
+            )
+        )
     for name, task in stats.get("tasks", {}).items():
         primary = task["primary"]
         model = task["model"][primary]
@@ -82,10 +94,22 @@ def rows(seconds: float, stats: dict[str, Any]) -> list[tuple[str, str, str, boo
         gap = model["median"] - random["median"]
         spread = model.get("std", 0.0) + random.get("std", 0.0)
         out.append((f"{name} {primary}, pretrained", value, "", True))
-        out.append((f"{name} {primary}, random init",
-                    f"{random['median']:.3f} ± {random.get('std', 0):.3f}", "", True))  # fmt: skip
-        out.append((f"{name}: pretrained - random init", f"{gap:+.3f}",
-                    f"> {spread:.3f} (sum of std)", gap > spread))  # fmt: skip
+        out.append(
+            (
+                f"{name} {primary}, random init",
+                f"{random['median']:.3f} ± {random.get('std', 0):.3f}",
+                "",
+                True,
+            )
+        )
+        out.append(
+            (
+                f"{name}: pretrained - random init",
+                f"{gap:+.3f}",
+                f"> {spread:.3f} (sum of std)",
+                gap > spread,
+            )
+        )
         if tfidf is not None:
             out.append((f"{name} {primary}, TF-IDF (scale)", f"{tfidf['median']:.3f}", "", True))
     return out

@@ -51,13 +51,19 @@ def step_speed(args: argparse.Namespace) -> None:
     """Part 1: bench/train_step.py's table for one preset at SEQ_LENS."""
     on_cuda = args.device.type == "cuda"
     options = argparse.Namespace(
-        seq_len=SEQ_LENS, batch_size=args.batch_size or (8 if args.tiny else 128),
-        steps=3 if args.tiny else 10, warmup=1 if args.tiny else 3, device=args.device,
-        precision="bf16" if on_cuda else "fp32", compile=False, profile="never",
-    )  # fmt: skip
+        seq_len=SEQ_LENS,
+        batch_size=args.batch_size or (8 if args.tiny else 128),
+        steps=3 if args.tiny else 10,
+        warmup=1 if args.tiny else 3,
+        device=args.device,
+        precision="bf16" if on_cuda else "fp32",
+        compile=False,
+        profile="never",
+    )
     preset = "tiny" if args.tiny else "base"
-    print(f"## 1. train step: {preset}, {options.precision}, batch {options.batch_size}\n",
-          flush=True)  # fmt: skip
+    print(
+        f"## 1. train step: {preset}, {options.precision}, batch {options.batch_size}\n", flush=True
+    )
     rows, _ = train_step.run_preset(preset, options)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(args.device)
     print()
@@ -72,18 +78,26 @@ def pretraining_recipe(args: argparse.Namespace) -> TrainConfig:
     steps = args.steps or (TINY_STEPS if args.tiny else 300)
     on_cuda = args.device.type == "cuda"
     return quality.changed(
-        source.phases[0].pretrain, max_steps=steps, warmup_steps=max(1, steps // 10),
-        log_every=max(1, steps // 10), val_every=steps + 1, checkpoint_every=steps + 1, devices="1",
-        accelerator="gpu" if on_cuda else "cpu", precision="bf16-mixed" if on_cuda else "32-true",
-    )  # fmt: skip
+        source.phases[0].pretrain,
+        max_steps=steps,
+        warmup_steps=max(1, steps // 10),
+        log_every=max(1, steps // 10),
+        val_every=steps + 1,
+        checkpoint_every=steps + 1,
+        devices="1",
+        accelerator="gpu" if on_cuda else "cpu",
+        precision="bf16-mixed" if on_cuda else "32-true",
+    )
 
 
 def pretrain(args: argparse.Namespace, store: ArtifactStore, shards_id: str) -> Manifest:
     """Part 2: train, print the first and last logged loss; fail unless the loss fell."""
     config = pretraining_recipe(args)
-    print(f"\n## 2. pretraining: {config.preset}, batch {config.batch_size}, lr {config.lr:g}, "
-          f"{config.max_steps} steps, {config.precision}, on {shards_id}\n",
-          flush=True)  # fmt: skip
+    print(
+        f"\n## 2. pretraining: {config.preset}, batch {config.batch_size}, lr {config.lr:g}, "
+        f"{config.max_steps} steps, {config.precision}, on {shards_id}\n",
+        flush=True,
+    )
     plan = plan_pretrain(store, shards_id, config)
     with (
         tempfile.TemporaryDirectory(prefix="bertflow-gpu-run-") as run_dir,
@@ -98,8 +112,10 @@ def pretrain(args: argparse.Namespace, store: ArtifactStore, shards_id: str) -> 
     rate = f"{s['tokens_per_s']:,.0f}" if s.get("tokens_per_s") else "—"
     mfu = f"{s['mfu']:.1%}" if s.get("mfu") is not None else "—"
     val = s["validation"].get("mlm_loss", float("nan"))
-    print(f"\nfirst logged loss {first:.3f}, last {last:.3f}; tokens/s {rate}, MFU {mfu}; "
-          f"validation MLM loss {val:.3f}")  # fmt: skip
+    print(
+        f"\nfirst logged loss {first:.3f}, last {last:.3f}; tokens/s {rate}, MFU {mfu}; "
+        f"validation MLM loss {val:.3f}"
+    )
     if not last < first:
         raise SystemExit(f"the pretraining loss did not fall: {first:.3f} -> {last:.3f}")
     return model
@@ -119,9 +135,11 @@ def finetuning(
     if downstream is None:
         return
     bf16 = args.device.type == "cuda" and torch.cuda.is_bf16_supported()
-    print(f"\n## 3. fine-tuning on {downstream.name}: {len(downstream.train):,} examples, "
-          f"{len(downstream.prepared.seeds)} seed(s), {'bf16 autocast' if bf16 else 'fp32'}",
-          flush=True)  # fmt: skip
+    print(
+        f"\n## 3. fine-tuning on {downstream.name}: {len(downstream.train):,} examples, "
+        f"{len(downstream.prepared.seeds)} seed(s), {'bf16 autocast' if bf16 else 'fp32'}",
+        flush=True,
+    )
     network, _ = load_pretrained(store, model)
     score = quality.downstream_score(network, downstream)
     print(f"{downstream.name} {downstream.metric}: {score:.3f} (median over seeds)")
@@ -135,14 +153,19 @@ def main() -> None:
     option("--steps", type=int, help=f"pretraining steps (default: 300; {TINY_STEPS} with --tiny)")
     option("--batch-size", type=int, help="train-step batch (default: 128; 8 with --tiny)")
     option("--store", type=Path, help="artifact store folder (default: a temporary one)")
-    option("--task", help="fine-tuning task, a `bertflow evaluate --task` spec (default: the "
-           f"shared SST-2 when beside the checkout, else {quality.FALLBACK_TASK})")  # fmt: skip
+    option(
+        "--task",
+        help="fine-tuning task, a `bertflow evaluate --task` spec (default: the "
+        f"shared SST-2 when beside the checkout, else {quality.FALLBACK_TASK})",
+    )
     option("--finetune-seeds", type=int, help="default: the evaluate stage's (1 with --tiny)")
     option("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: the data sheet)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench/gpu.py needs a CUDA GPU, and none is visible "
-                         "(--device cpu --tiny runs its pieces small on the CPU)")  # fmt: skip
+        raise SystemExit(
+            "bench/gpu.py needs a CUDA GPU, and none is visible "
+            "(--device cpu --tiny runs its pieces small on the CPU)"
+        )
     args.device = torch.device(args.device)
     where = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
     print(f"{where}; torch {torch.__version__}\n", flush=True)

@@ -77,8 +77,10 @@ def floor(folder: Path, processes: int) -> float:
     a child's ru_maxrss starts at its parent's, so the parent stays small."""
     out = subprocess.run(
         [sys.executable, __file__, "--floor", str(folder), str(processes)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -191,8 +193,10 @@ def main() -> None:
     prose_s_per_mb = runs[0][2]["seconds"] / (prose_bytes / 1e6)
     for label, size, r in runs:
         ratio = r["seconds"] / (size / 1e6) / prose_s_per_mb
-        print(f"| {label} | {size / 1e6:.1f} | {r['seconds']:.1f} | {size / 1e6 / r['seconds']:.1f}"
-              f" | {ratio:.2f} |")  # fmt: skip
+        print(
+            f"| {label} | {size / 1e6:.1f} | {r['seconds']:.1f} | {size / 1e6 / r['seconds']:.1f}"
+            f" | {ratio:.2f} |"
+        )
     ratio = runs[1][2]["seconds"] / (word_bytes / 1e6) / prose_s_per_mb
     met = "met" if ratio <= GOAL_NO_BREAK else "NOT met"
     print(f"\ngoal: no break at most {GOAL_NO_BREAK}x prose's seconds per MB: {ratio:.2f}x, {met}")

@@ -72,21 +72,29 @@ def run(store: ArtifactStore, steps: int, repeats: int, run_dir: Path) -> list[t
         store.check_intact(store.require(tokenizer))
 
     check = median_seconds(check_shards, repeats)
-    rows.append(("shard", "corpus + tokenizer", upstream_bytes(store, [corpus, tokenizer]),
-                 seconds, check))  # fmt: skip
+    rows.append(
+        ("shard", "corpus + tokenizer", upstream_bytes(store, [corpus, tokenizer]), seconds, check)
+    )
 
     base = phase.pretrain
     warmup = round(base.resolved_warmup() * steps / base.max_steps)
-    config = type(base).model_validate({**base.model_dump(), "max_steps": steps,
-                                        "warmup_steps": warmup, "val_every": steps,
-                                        "checkpoint_every": steps})  # fmt: skip
+    config = type(base).model_validate(
+        {
+            **base.model_dump(),
+            "max_steps": steps,
+            "warmup_steps": warmup,
+            "val_every": steps,
+            "checkpoint_every": steps,
+        }
+    )
     plan = plan_pretrain(store, shards, config)
     with contextlib.redirect_stdout(WithoutProgressRecords(sys.stdout)):
         seconds, _ = timed(lambda: train(store, plan, run_dir))
     model = store.require(plan.artifact_id)
     check = median_seconds(lambda: check_training(store, plan), repeats)
-    rows.append((f"pretrain ({steps} steps)", "shards", upstream_bytes(store, [shards]), seconds,
-                 check))  # fmt: skip
+    rows.append(
+        (f"pretrain ({steps} steps)", "shards", upstream_bytes(store, [shards]), seconds, check)
+    )
 
     evaluation = type(pipeline.evaluate).model_validate(
         {**pipeline.evaluate.model_dump(), "seeds": 1, "baselines": []}
@@ -96,8 +104,9 @@ def run(store: ArtifactStore, steps: int, repeats: int, run_dir: Path) -> list[t
     read = [f.size for f in model.files if f.path.startswith("hf/")]
     read += [f.size for f in store.require(shards).files if f.path.startswith("validation/")]
     check = median_seconds(lambda: check_evaluation(store, model), repeats)
-    rows.append(("evaluate (1 seed)", "model export + validation shards", sum(read), seconds,
-                 check))  # fmt: skip
+    rows.append(
+        ("evaluate (1 seed)", "model export + validation shards", sum(read), seconds, check)
+    )
     return rows
 
 
@@ -116,8 +125,9 @@ def main() -> None:
     for stage, what, size, seconds, check in rows:
         share = check / seconds
         worst = max(worst, share)
-        print(f"| {stage} | {what} | {size / 1e6:.1f} | {seconds:.1f} | {check:.3f} | "
-              f"{share:.2%} |")  # fmt: skip
+        print(
+            f"| {stage} | {what} | {size / 1e6:.1f} | {seconds:.1f} | {check:.3f} | {share:.2%} |"
+        )
     met = "met" if worst <= GOAL_SHARE else "NOT met"
     print(f"\ngoal: the check at most {GOAL_SHARE:.0%} of its stage: worst {worst:.2%}, {met}")
 

@@ -134,17 +134,28 @@ def recipe(base: TrainConfig, steps: int, seed: int) -> TrainConfig:
     """`base` for `steps` steps on one device, its warm-up the same share of them; no validation
     or checkpoint inside the run (the transformers loop has neither)."""
     warmup = round(base.resolved_warmup() * steps / base.max_steps)
-    return changed(base, max_steps=steps, warmup_steps=warmup, seed=seed, devices="1",
-                   val_every=steps + 1, checkpoint_every=steps + 1)  # fmt: skip
+    return changed(
+        base,
+        max_steps=steps,
+        warmup_steps=warmup,
+        seed=seed,
+        devices="1",
+        val_every=steps + 1,
+        checkpoint_every=steps + 1,
+    )
 
 
 def optim_config(config: TrainConfig) -> OptimConfig:
     """The optimizer and schedule `train` builds from `config`."""
     return OptimConfig(
-        lr=config.lr, warmup_steps=config.resolved_warmup(), max_steps=config.max_steps,
-        schedule=config.schedule, weight_decay=config.weight_decay,
-        betas=(0.9, config.adam_beta2), eps=config.adam_eps,
-    )  # fmt: skip
+        lr=config.lr,
+        warmup_steps=config.resolved_warmup(),
+        max_steps=config.max_steps,
+        schedule=config.schedule,
+        weight_decay=config.weight_decay,
+        betas=(0.9, config.adam_beta2),
+        eps=config.adam_eps,
+    )
 
 
 def training_device(config: TrainConfig) -> torch.device:
@@ -277,17 +288,24 @@ def hf_loader(
         store.local_path(manifest.upstream["tokenizer"])
     )
     collator = transformers.DataCollatorForLanguageModeling(
-        tokenizer, mlm_probability=config.mlm_prob or manifest.layout["mlm_prob"],
-        pad_to_multiple_of=PAD_TO_MULTIPLE, seed=config.seed,
-    )  # fmt: skip
+        tokenizer,
+        mlm_probability=config.mlm_prob or manifest.layout["mlm_prob"],
+        pad_to_multiple_of=PAD_TO_MULTIPLE,
+        seed=config.seed,
+    )
     workers = config.num_workers
     return DataLoader(
-        ShardExamples(files, tokenizer.all_special_ids), batch_size=config.batch_size,
-        shuffle=True, generator=torch.Generator().manual_seed(config.seed), collate_fn=collator,
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        ShardExamples(files, tokenizer.all_special_ids),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(config.seed),
+        collate_fn=collator,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
         # a fork copies threads half-way: spawn once other threads run (as make_dataloader does)
         multiprocessing_context="spawn" if workers and threading.active_count() > 1 else None,
-    )  # fmt: skip
+    )
 
 
 def endless(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
@@ -353,9 +371,12 @@ def validate(run: Run, store: ArtifactStore, shards_id: str, evaluation: Evaluat
     assert dataset is not None, "checked in main"
     nsp = store.require(shards_id).layout["objective"] != "none"
     run.validation = intrinsic_metrics(
-        run.model, dataset, nsp=nsp, device=resolve_device(evaluation.device),
+        run.model,
+        dataset,
+        nsp=nsp,
+        device=resolve_device(evaluation.device),
         max_batches=evaluation.intrinsic_max_batches,
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -382,7 +403,10 @@ class Downstream:
 
 
 def prepare_downstream(
-    spec: TaskSpec, store: ArtifactStore, shards_id: str, evaluation: EvaluateConfig,
+    spec: TaskSpec,
+    store: ArtifactStore,
+    shards_id: str,
+    evaluation: EvaluateConfig,
     max_seq_len: int,
 ) -> Downstream | None:
     """The task encoded with the shards' tokenizer, or None (saying why) when it cannot be read."""
@@ -399,8 +423,9 @@ def prepare_downstream(
         return encode(tokenizer, s.texts, s.pairs, s.labels, max_seq_len)
 
     dev = encoded(prepared.dev) if prepared.dev is not None else None
-    return Downstream(prepared, encoded(prepared.train), dev,
-                      encoded(prepared.task.evaluation), evaluation)  # fmt: skip
+    return Downstream(
+        prepared, encoded(prepared.train), dev, encoded(prepared.task.evaluation), evaluation
+    )
 
 
 def downstream_score(model: BertForPreTraining, d: Downstream) -> float:
@@ -410,13 +435,20 @@ def downstream_score(model: BertForPreTraining, d: Downstream) -> float:
     scores = []
     for seed in d.prepared.seeds:
         run = finetune(
-            architecture, encoder_state(model.state_dict()), d.train, d.evaluation,
-            problem=task.problem, num_labels=task.num_labels,
-            config=d.config.finetune_config(architecture.hidden_size), seed=seed,
-            device=resolve_device(d.config.device), score=d.score(d.evaluation.labels),
-            dev=d.dev, dev_score=d.score(d.dev.labels) if d.dev is not None else None,
+            architecture,
+            encoder_state(model.state_dict()),
+            d.train,
+            d.evaluation,
+            problem=task.problem,
+            num_labels=task.num_labels,
+            config=d.config.finetune_config(architecture.hidden_size),
+            seed=seed,
+            device=resolve_device(d.config.device),
+            score=d.score(d.evaluation.labels),
+            dev=d.dev,
+            dev_score=d.score(d.dev.labels) if d.dev is not None else None,
             higher_is_better=HIGHER_IS_BETTER[d.metric],
-        )  # fmt: skip
+        )
         scores.append(d.score(d.evaluation.labels)(run.predictions))
     return statistics.median(scores)
 
@@ -426,16 +458,22 @@ def downstream_score(model: BertForPreTraining, d: Downstream) -> float:
 
 def table(rows: list[tuple[str, Run]], anchor: Run, metric: str | None) -> list[str]:
     """Markdown rows: each run's budget, speed beside the anchor's, and model quality."""
-    header = ("| at | contender | seed | steps | train s | tokens/s | x transformers "
-              "| val MLM loss | val MLM acc | val NSP acc |")  # fmt: skip
-    lines = [header + (f" {metric} |" if metric else ""), "|---|---|---:|---:|---:|---:|---:"
-             "|---:|---:|---:|" + ("---:|" if metric else "")]  # fmt: skip
+    header = (
+        "| at | contender | seed | steps | train s | tokens/s | x transformers "
+        "| val MLM loss | val MLM acc | val NSP acc |"
+    )
+    lines = [
+        header + (f" {metric} |" if metric else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if metric else ""),
+    ]
     for at, r in rows:
         v = r.validation
         nsp = v.get("nsp_acc", float("nan"))
-        line = (f"| {at} | {r.contender} | {r.seed} | {r.steps:,} | {r.seconds:,.1f} "
-                f"| {r.tokens_per_s:,.0f} | {r.tokens_per_s / anchor.tokens_per_s:.2f} "
-                f"| {v['mlm_loss']:.3f} | {v['mlm_acc']:.3f} | {nsp:.3f} |")  # fmt: skip
+        line = (
+            f"| {at} | {r.contender} | {r.seed} | {r.steps:,} | {r.seconds:,.1f} "
+            f"| {r.tokens_per_s:,.0f} | {r.tokens_per_s / anchor.tokens_per_s:.2f} "
+            f"| {v['mlm_loss']:.3f} | {v['mlm_acc']:.3f} | {nsp:.3f} |"
+        )
         if metric:
             line += f" {r.downstream:.3f} |" if r.downstream is not None else " — |"
         lines.append(line)
@@ -451,9 +489,11 @@ def goals(steps: tuple[Run, Run, Run], timed: tuple[Run, Run], metric: str | Non
     ratio = ours.tokens_per_s / hf.tokens_per_s
     timed_hf, timed_ours = timed
     lower = timed_ours.validation["mlm_loss"] < timed_hf.validation["mlm_loss"]
-    line = (f"- better model at equal time (~{timed_hf.seconds:,.0f} s): val MLM loss ours "
-            f"{timed_ours.validation['mlm_loss']:.3f} vs transformers "
-            f"{timed_hf.validation['mlm_loss']:.3f}")  # fmt: skip
+    line = (
+        f"- better model at equal time (~{timed_hf.seconds:,.0f} s): val MLM loss ours "
+        f"{timed_ours.validation['mlm_loss']:.3f} vs transformers "
+        f"{timed_hf.validation['mlm_loss']:.3f}"
+    )
     no_worse = True
     if metric and timed_ours.downstream is not None and timed_hf.downstream is not None:
         no_worse = timed_ours.downstream >= timed_hf.downstream
@@ -488,12 +528,23 @@ def parse_args(pipeline: PipelineConfig) -> argparse.Namespace:
     option("--seq-len", type=int, help=f"the shards' length (default: {shard.max_seq_len})")
     option("--seed", type=int, help=f"default: {train.seed}; the noise run takes seed + 1")
     option("--store", type=Path, help="artifact store folder (default: a temporary one)")
-    option("--task", help="downstream task, a `bertflow evaluate --task` spec (default: the "
-           f"demo's SST-2 when it is beside the checkout, else {FALLBACK_TASK})")  # fmt: skip
-    option("--finetune-seeds", type=int, help="fine-tuning runs per model, the median reported "
-           "(default: the evaluate stage's, by the task's size)")  # fmt: skip
-    option("--finetune-examples", type=int, help="fine-tune on a sample of this many (default: "
-           f"{pipeline.evaluate.max_train_examples})")  # fmt: skip
+    option(
+        "--task",
+        help="downstream task, a `bertflow evaluate --task` spec (default: the "
+        f"demo's SST-2 when it is beside the checkout, else {FALLBACK_TASK})",
+    )
+    option(
+        "--finetune-seeds",
+        type=int,
+        help="fine-tuning runs per model, the median reported "
+        "(default: the evaluate stage's, by the task's size)",
+    )
+    option(
+        "--finetune-examples",
+        type=int,
+        help="fine-tune on a sample of this many (default: "
+        f"{pipeline.evaluate.max_train_examples})",
+    )
     return parser.parse_args()
 
 
@@ -560,8 +611,9 @@ def compare(store: ArtifactStore, args: argparse.Namespace, pipeline: PipelineCo
     if layout["objective"] == "none" or validation_dataset(store, shards_id, 1) is None:
         raise SystemExit(f"{shards_id}: needs an NSP or SOP objective and a validation split")
     length = evaluation.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
-    downstream = prepare_downstream(task_spec(args.task, pipeline), store, shards_id, evaluation,
-                                    length)  # fmt: skip
+    downstream = prepare_downstream(
+        task_spec(args.task, pipeline), store, shards_id, evaluation, length
+    )
     print(setup(shards_id, layout, config), flush=True)
     bench = Bench(store, shards_id, evaluation)
     hf, ours = bench.run(ANCHOR, config), bench.run(OURS, config)
@@ -570,8 +622,11 @@ def compare(store: ArtifactStore, args: argparse.Namespace, pipeline: PipelineCo
     timed = (slow, fast_timed) if slow is hf else (fast_timed, slow)
     if downstream is not None:
         for r in (hf, ours, fast_timed):
-            print(f"== fine-tuning on {downstream.name} ({len(downstream.prepared.seeds)} seeds):"
-                  f" {r.contender}, {r.steps} steps", flush=True)  # fmt: skip
+            print(
+                f"== fine-tuning on {downstream.name} ({len(downstream.prepared.seeds)} seeds):"
+                f" {r.contender}, {r.steps} steps",
+                flush=True,
+            )
             r.downstream = downstream_score(r.model, downstream)
     rows = [(f"{steps:,} steps", r) for r in (hf, ours, ours_again)]
     rows += [(f"~{slow.seconds:,.0f} s", r) for r in timed]
@@ -582,12 +637,14 @@ def compare(store: ArtifactStore, args: argparse.Namespace, pipeline: PipelineCo
 
 def setup(shards_id: str, layout: dict[str, Any], config: TrainConfig) -> str:
     """One line: the data, the recipe, the device and what both share."""
-    return (f"{shards_id} (length {layout['max_seq_len']}, vocabulary {layout['vocab_size']:,}); "
-            f"{config.preset}, batch {config.batch_size}, lr {config.lr:g}, warm-up "
-            f"{config.resolved_warmup()} of {config.max_steps} steps; "
-            f"{training_device(config)}, {resolve_precision(config)}, "
-            f"{torch.get_num_threads()} threads, {config.num_workers} loader worker(s); torch "
-            f"{torch.__version__}, transformers {transformers.__version__}\n")  # fmt: skip
+    return (
+        f"{shards_id} (length {layout['max_seq_len']}, vocabulary {layout['vocab_size']:,}); "
+        f"{config.preset}, batch {config.batch_size}, lr {config.lr:g}, warm-up "
+        f"{config.resolved_warmup()} of {config.max_steps} steps; "
+        f"{training_device(config)}, {resolve_precision(config)}, "
+        f"{torch.get_num_threads()} threads, {config.num_workers} loader worker(s); torch "
+        f"{torch.__version__}, transformers {transformers.__version__}\n"
+    )
 
 
 if __name__ == "__main__":

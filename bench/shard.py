@@ -259,10 +259,18 @@ def export_text(workdir: Path, corpus: dict[str, Any]) -> tuple[Path, dict[str, 
 
 def run_reference(workdir: Path, text: Path, tokenizer_json: str, max_seq_len: int) -> dict:
     args = [
-        str(REFERENCE), "--input", str(text), "--tokenizer", tokenizer_json,
-        "--output", str(workdir / "reference.parquet"), "--max-seq-length", str(max_seq_len),
-        "--dupe-factor", "1",
-    ]  # fmt: skip
+        str(REFERENCE),
+        "--input",
+        str(text),
+        "--tokenizer",
+        tokenizer_json,
+        "--output",
+        str(workdir / "reference.parquet"),
+        "--max-seq-length",
+        str(max_seq_len),
+        "--dupe-factor",
+        "1",
+    ]
     return run_json(RUN_REFERENCE, args)
 
 
@@ -312,10 +320,12 @@ def mb(kb: int) -> str:
 
 
 def print_speed(rows: list[tuple[str, dict[str, Any]]], reference: dict, floor: dict) -> None:
-    print("| contender | seconds | x (a) | x (b) | examples | tokens"
-          " | peak RSS MB: process (SELF) | peak RSS MB: largest child (CHILDREN)"
-          " | CPU s (process + children) | other processes' CPU s meanwhile"
-          " | seconds, every run |")  # fmt: skip
+    print(
+        "| contender | seconds | x (a) | x (b) | examples | tokens"
+        " | peak RSS MB: process (SELF) | peak RSS MB: largest child (CHILDREN)"
+        " | CPU s (process + children) | other processes' CPU s meanwhile"
+        " | seconds, every run |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, run in rows:
         examples = f"{run['examples']:,}" if "examples" in run else "—"
@@ -335,8 +345,10 @@ def print_speed(rows: list[tuple[str, dict[str, Any]]], reference: dict, floor: 
 
 def print_goals(stage: dict[str, dict[str, Any]], reference: dict, floor: dict) -> bool:
     """Print each goal for the 2-worker runs and whether it is met; True when all are."""
-    print(f"\ngoals for (c) with 2 workers: <= {GOAL_VS_REFERENCE:.2f} x (a)'s time (2/3)"
-          f" and <= {GOAL_VS_FLOOR:.1f} x (b)'s time")  # fmt: skip
+    print(
+        f"\ngoals for (c) with 2 workers: <= {GOAL_VS_REFERENCE:.2f} x (a)'s time (2/3)"
+        f" and <= {GOAL_VS_FLOOR:.1f} x (b)'s time"
+    )
     all_met = True
     goals = (("a", reference, GOAL_VS_REFERENCE), ("b", floor, GOAL_VS_FLOOR))
     for masking in ("dynamic", "static"):
@@ -352,8 +364,10 @@ def print_goals(stage: dict[str, dict[str, Any]], reference: dict, floor: dict) 
 
 def print_memory(rows: list[tuple[dict[str, Any], int, dict[str, Any]]]) -> None:
     print("\n## peak memory of the stage, 2 workers, dynamic masking: small vs big corpus\n")
-    print("| corpus MB | train tokens | num_shards | train rows per shard | seconds"
-          " | stage process MB (SELF) | largest pool worker MB (CHILDREN) |")  # fmt: skip
+    print(
+        "| corpus MB | train tokens | num_shards | train rows per shard | seconds"
+        " | stage process MB (SELF) | largest pool worker MB (CHILDREN) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for corpus, num_shards, run in rows:
         shard_rows = run["shard_rows"]
@@ -376,16 +390,18 @@ PROFILED = [
     ("shards.py:_map_file", "cum", "map tasks, all"),
     ("shards.py:_tokenized_documents", "cum", "› read + tokenise one slice, split into documents"),
     ("core.py:read_row_group", "cum", "›› Parquet row group read"),
-    ("~:<method 'encode_batch_fast' of 'tokenizers.Tokenizer' objects>", "cum",
-     "›› encode_batch_fast"),
+    (
+        "~:<method 'encode_batch_fast' of 'tokenizers.Tokenizer' objects>",
+        "cum",
+        "›› encode_batch_fast",
+    ),
     ("shards.py:<listcomp>", "cum", "›› Encoding.ids -> lists (list comprehensions)"),
-    ("shards.py:_tokenized_documents", "own",
-     "›› own time: Arrow -> Python lists, documents"),
+    ("shards.py:_tokenized_documents", "own", "›› own time: Arrow -> Python lists, documents"),
     ("examples.py:document_examples", "cum", "› pair building (Python)"),
     ("shards.py:add", "cum", "› spill pieces: arrays, masking, Arrow IPC writes"),
     ("shards.py:_mask", "cum", "›› of which static masking"),
     ("shards.py:_write_shard", "cum", "write tasks, all (balance, shuffle, Parquet)"),
-]  # fmt: skip
+]
 
 
 def print_profile(run: dict[str, Any], label: str) -> None:
@@ -415,9 +431,11 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=30522)
     parser.add_argument(
-        "--profile", choices=["auto", "always", "never"], default="auto",
+        "--profile",
+        choices=["auto", "always", "never"],
+        default="auto",
         help="profile a workers=1 stage run: auto = when a goal is missed",
-    )  # fmt: skip
+    )
     parser.add_argument("--profile-top", type=int, default=30, help="entries of the listing")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest counts")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bertflow-bench"))
@@ -428,39 +446,52 @@ def main() -> None:
     text, exported = export_text(args.workdir, corpus)
     reused = "reused" if corpus["cached"] else "ingested"
     trained = "reused" if corpus["tokenizer_cached"] else "trained"
-    print(f"corpus: {corpus['files']} files, {corpus['bytes'] / 1e6:.1f} MB ({reused}),"
-          f" {corpus['id']}; train split {corpus['train_sentences']:,} sentences")  # fmt: skip
+    print(
+        f"corpus: {corpus['files']} files, {corpus['bytes'] / 1e6:.1f} MB ({reused}),"
+        f" {corpus['id']}; train split {corpus['train_sentences']:,} sentences"
+    )
     print(f"tokenizer: {corpus['tokenizer_id']} ({trained}), vocab {args.vocab_size}")
     if exported:
-        print(f"exported for (a): {exported['documents']:,} documents,"
-              f" {exported['sentences']:,} sentences; {exported['altered']} lines the"
-              f" reference's strip() would change")  # fmt: skip
-    print(f"max_seq_len {args.max_seq_len}, num_shards {args.num_shards}, {os.cpu_count()} cores;"
-          " tokenizers threads: library default (all cores) everywhere except inside the"
-          " stage's pool workers (1 each)\n", flush=True)  # fmt: skip
+        print(
+            f"exported for (a): {exported['documents']:,} documents,"
+            f" {exported['sentences']:,} sentences; {exported['altered']} lines the"
+            f" reference's strip() would change"
+        )
+    print(
+        f"max_seq_len {args.max_seq_len}, num_shards {args.num_shards}, {os.cpu_count()} cores;"
+        " tokenizers threads: library default (all cores) everywhere except inside the"
+        " stage's pool workers (1 each)\n",
+        flush=True,
+    )
 
     runs = speed_runs(args, corpus, text)
     reference, floor = runs["a"], runs["b"]
     stage = {name: run for name, run in runs.items() if name[0].isdigit()}
 
-    print(f"## one corpus ({corpus['bytes'] / 1e6:.0f} MB), same tokenizer, max_seq_len"
-          f" {args.max_seq_len}, dupe factor 1; best of {args.repeats} runs each\n")  # fmt: skip
+    print(
+        f"## one corpus ({corpus['bytes'] / 1e6:.0f} MB), same tokenizer, max_seq_len"
+        f" {args.max_seq_len}, dupe factor 1; best of {args.repeats} runs each\n"
+    )
     rows = [
         ("(a) reference: Google's recipe in Python, 1 process, static masking", reference),
         ("(b) floor: read Parquet + `encode_batch`, all threads", floor),
-        ("(b') read Parquet + `encode_batch_fast` (what the stage calls; for information)",
-         runs["b'"]),
+        (
+            "(b') read Parquet + `encode_batch_fast` (what the stage calls; for information)",
+            runs["b'"],
+        ),
         ("(c) stage, 1 worker, dynamic masking", stage["1-dynamic"]),
         ("(c) stage, 2 workers, dynamic masking", stage["2-dynamic"]),
         ("(c) stage, 1 worker, static masking", stage["1-static"]),
         ("(c) stage, 2 workers, static masking", stage["2-static"]),
-    ]  # fmt: skip
+    ]
     print_speed(rows, reference, floor)
     validation = stage["2-dynamic"]["validation_examples"]
-    print(f"\nexamples and tokens are the train split's (tokens of (b): sentence tokens, no"
-          f" specials); the stage also builds the validation split ({validation:,} examples)"
-          " within its time. With 1 worker the stage runs in-process and tokenizers uses all"
-          " cores; with 2, each pool worker tokenises on 1 thread.")  # fmt: skip
+    print(
+        f"\nexamples and tokens are the train split's (tokens of (b): sentence tokens, no"
+        f" specials); the stage also builds the validation split ({validation:,} examples)"
+        " within its time. With 1 worker the stage runs in-process and tokenizers uses all"
+        " cores; with 2, each pool worker tokenises on 1 thread."
+    )
     all_met = print_goals(stage, reference, floor)
 
     big = prepare_corpus(args.workdir, args.big_mb, 0)

@@ -77,8 +77,13 @@ class Tally:
 
 def stage(env: dict[str, str], store: str, *argv: str) -> tuple[dict | None, Outcome]:
     """One CLI stage; its --json result (None when it failed) and how it ended."""
-    done = subprocess.run([*CLI, "--store", store, *argv, "--json"], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
+    done = subprocess.run(
+        [*CLI, "--store", store, *argv, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     if done.returncode == 0:
         return json.loads(done.stdout.strip().splitlines()[-1]), Outcome(True, False, "")
     lines = done.stderr.strip().splitlines() or ["(nothing on stderr)"]
@@ -88,17 +93,38 @@ def stage(env: dict[str, str], store: str, *argv: str) -> tuple[dict | None, Out
 
 def chain(env: dict[str, str], store: str, variant: int) -> Outcome:
     """ingest demo-small -> tokenizer -> shard; `variant` changes the configs (and so the ids)."""
-    corpus, outcome = stage(env, store, "ingest", "demo-small", "--workers", "1",
-                            "--min-sentence-chars", str(10 + variant))  # fmt: skip
+    corpus, outcome = stage(
+        env,
+        store,
+        "ingest",
+        "demo-small",
+        "--workers",
+        "1",
+        "--min-sentence-chars",
+        str(10 + variant),
+    )
     if corpus is None:
         return outcome
-    tokenizer, outcome = stage(env, store, "tokenizer", "--corpus", corpus["id"],
-                               "--vocab-size", str(1000 + 100 * variant))  # fmt: skip
+    tokenizer, outcome = stage(
+        env, store, "tokenizer", "--corpus", corpus["id"], "--vocab-size", str(1000 + 100 * variant)
+    )
     if tokenizer is None:
         return outcome
-    _, outcome = stage(env, store, "shard", "--corpus", corpus["id"], "--tokenizer",
-                       tokenizer["id"], "--max-seq-len", "64", "--num-shards", "2",
-                       "--workers", "1")  # fmt: skip
+    _, outcome = stage(
+        env,
+        store,
+        "shard",
+        "--corpus",
+        corpus["id"],
+        "--tokenizer",
+        tokenizer["id"],
+        "--max-seq-len",
+        "64",
+        "--num-shards",
+        "2",
+        "--workers",
+        "1",
+    )
     return outcome
 
 
@@ -108,8 +134,13 @@ def damage(env: dict[str, str], stores: list[str]) -> tuple[int, int]:
     for url in stores:
         store = ArtifactStore(url)
         torn += sum(1 for m in store.list() if store.verify(m.id))
-        done = subprocess.run([*CLI, "artifacts", "gc", "--dry-run", "--store", url], env=env,
-                              capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
+        done = subprocess.run(
+            [*CLI, "artifacts", "gc", "--dry-run", "--store", url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
         found = [line for line in done.stdout.splitlines() if line.startswith("would remove /")]
         leftovers.update(found)
     return torn, len(leftovers)  # $TMPDIR is shared: a folder there is counted once
@@ -193,40 +224,70 @@ def main() -> None:
         moto = [ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)]
         moto[0].start()
         endpoint = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PREFECT_API_URL": server.api_url, "TMPDIR": str(root / "tmp"),
-               "AWS_ACCESS_KEY_ID": "soak", "AWS_SECRET_ACCESS_KEY": "soak",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-               "AWS_ENDPOINT_URL_S3": endpoint}  # fmt: skip
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": server.api_url,
+            "TMPDIR": str(root / "tmp"),
+            "AWS_ACCESS_KEY_ID": "soak",
+            "AWS_SECRET_ACCESS_KEY": "soak",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL_S3": endpoint,
+        }
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
         rows = []
         try:
             started = time.monotonic()
             tally, stores = overlap(env, root, args.jobs, args.rounds)
-            rows.append((f"a. {args.jobs} chains at once x {args.rounds}", tally, stores,
-                         time.monotonic() - started))  # fmt: skip
+            rows.append(
+                (
+                    f"a. {args.jobs} chains at once x {args.rounds}",
+                    tally,
+                    stores,
+                    time.monotonic() - started,
+                )
+            )
             started = time.monotonic()
             tally = s3_restart(env, moto, port)
-            rows.append(("b. S3 server restarted mid-chain", tally, ["s3://bertflow-soak/store"],
-                         time.monotonic() - started))  # fmt: skip
+            rows.append(
+                (
+                    "b. S3 server restarted mid-chain",
+                    tally,
+                    ["s3://bertflow-soak/store"],
+                    time.monotonic() - started,
+                )
+            )
             started = time.monotonic()
             store = str(root / "store-c")
             tally = prefect_restart(env, server, store)
-            rows.append(("c. Prefect server restarted mid-chain", tally, [store],
-                         time.monotonic() - started))  # fmt: skip
-            print("\n| scenario | chains | completed | failed, clear error | failed, unclear | "
-                  "torn | leftovers | rerun | seconds |")  # fmt: skip
+            rows.append(
+                (
+                    "c. Prefect server restarted mid-chain",
+                    tally,
+                    [store],
+                    time.monotonic() - started,
+                )
+            )
+            print(
+                "\n| scenario | chains | completed | failed, clear error | failed, unclear | "
+                "torn | leftovers | rerun | seconds |"
+            )
             print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
             met = True
             for name, t, urls, seconds in rows:
                 torn, leftovers = damage(env, urls)
                 met &= not (torn or leftovers or t.unclear) and t.rerun in ("—", "completed")
-                print(f"| {name} | {t.runs} | {t.completed} | {t.clear} | {len(t.unclear)} | "
-                      f"{torn} | {leftovers} | {t.rerun} | {seconds:.0f} |")  # fmt: skip
+                print(
+                    f"| {name} | {t.runs} | {t.completed} | {t.clear} | {len(t.unclear)} | "
+                    f"{torn} | {leftovers} | {t.rerun} | {seconds:.0f} |"
+                )
             for name, t, _, _ in rows:
                 for said in t.unclear:
                     print(f"\n{name}, an unclear failure: {said}")
-            print(f"\ngoal: nothing torn, no leftovers, every failure clear, every rerun "
-                  f"complete: {'met' if met else 'NOT met'}")  # fmt: skip
+            print(
+                f"\ngoal: nothing torn, no leftovers, every failure clear, every rerun "
+                f"complete: {'met' if met else 'NOT met'}"
+            )
         finally:
             moto[0].stop()
             server.stop()

@@ -217,8 +217,10 @@ def print_overhead(corpus: dict[str, Any], library: dict, stage: dict, overlap: 
         f"## overhead vs the library alone ({chars:.1f} M train characters, no sampling;"
         f" best of {library['repeats']} runs each)\n"
     )
-    print("| contender | seconds | x library | peak RSS MB | RSS x library | RSS after imports MB"
-          " | characters trained | vocab |")  # fmt: skip
+    print(
+        "| contender | seconds | x library | peak RSS MB | RSS x library | RSS after imports MB"
+        " | characters trained | vocab |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     stats = stage["stats"]
     rows = [
@@ -250,8 +252,10 @@ def print_overhead(corpus: dict[str, Any], library: dict, stage: dict, overlap: 
 def print_sample_cap(sample_mb: float, runs: list[tuple[dict[str, Any], dict]]) -> None:
     repeats = runs[0][1]["repeats"]
     print(f"\n## sample cap ({sample_mb:g} MB): the stage on growing corpora (best of {repeats})\n")
-    print("| corpus MB | train M chars | sample fraction | sampled M chars | seconds"
-          " | pass 1 s | pass 2 s | reading (both passes) s | peak RSS MB |")  # fmt: skip
+    print(
+        "| corpus MB | train M chars | sample fraction | sampled M chars | seconds"
+        " | pass 1 s | pass 2 s | reading (both passes) s | peak RSS MB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for corpus, run in runs:
         stats = run["stats"]

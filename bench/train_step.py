@@ -424,15 +424,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed rounds; the median counts")
     parser.add_argument("--warmup", type=int, default=3, help="rounds before timing starts")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
-    parser.add_argument("--precision", choices=["fp32", "bf16"],
-                        help="default: fp32 on the CPU, bf16 (autocast) on CUDA")  # fmt: skip
-    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
-    parser.add_argument("--peak-tflops", type=float,
-                        help="dense bf16 peak for MFU (default: the GPU's data sheet)")  # fmt: skip
     parser.add_argument(
-        "--profile", choices=["auto", "always", "never"], default="auto",
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="default: fp32 on the CPU, bf16 (autocast) on CUDA",
+    )
+    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="dense bf16 peak for MFU (default: the GPU's data sheet)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=["auto", "always", "never"],
+        default="auto",
         help=f"profile both: auto = when ours takes over {GOAL_VS_ANCHOR} x transformers' time",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_cuda = args.device.type == "cuda"
@@ -445,9 +451,12 @@ def main() -> None:
         machine = torch.cuda.get_device_name(args.device)
     else:
         machine = f"CPU, {torch.get_num_threads()} threads"
-    print(f"{machine}; torch {torch.__version__}, transformers {transformers.__version__};"
-          f" {args.precision}; AdamW fused, lr {LR}; {args.warmup} warm-up and {args.steps}"
-          " timed rounds, interleaved\n", flush=True)  # fmt: skip
+    print(
+        f"{machine}; torch {torch.__version__}, transformers {transformers.__version__};"
+        f" {args.precision}; AdamW fused, lr {LR}; {args.warmup} warm-up and {args.steps}"
+        " timed rounds, interleaved\n",
+        flush=True,
+    )
     rows, lines = [], []
     for name in args.presets:
         preset_rows, preset_lines = run_preset(name, args)
@@ -457,8 +466,10 @@ def main() -> None:
     print_table(rows, peak, on_cuda)
     if on_cuda and peak:
         source = "--peak-tflops" if args.peak_tflops else "data-sheet dense bf16 peak"
-        print(f"\nMFU: useful FLOPs (training_flops, the same for both) per second over"
-              f" {peak / 1e12:.0f} TFLOP/s ({source})")  # fmt: skip
+        print(
+            f"\nMFU: useful FLOPs (training_flops, the same for both) per second over"
+            f" {peak / 1e12:.0f} TFLOP/s ({source})"
+        )
     elif on_cuda:
         print("\nMFU: unknown GPU, pass --peak-tflops")
     print("\n".join(lines))

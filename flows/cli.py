@@ -98,118 +98,167 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ingest = _stage_parser(
-        commands, common, "ingest", IngestConfig, _ingest, help="raw text -> corpus artifact",
+        commands,
+        common,
+        "ingest",
+        IngestConfig,
+        _ingest,
+        help="raw text -> corpus artifact",
         description="Clean, sentence-split and deduplicate raw text into a corpus artifact.",
         skip=("sources",),
-    )  # fmt: skip
+    )
     ingest.add_argument(
-        "sources", nargs="+", metavar="SOURCE",
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
         help="files, folders, globs, fsspec URLs (s3://...), or 'demo'/'demo-small'",
-    )  # fmt: skip
+    )
 
     tokenizer = _stage_parser(
-        commands, common, "tokenizer", TokenizerConfig, _tokenizer,
+        commands,
+        common,
+        "tokenizer",
+        TokenizerConfig,
+        _tokenizer,
         help="corpus -> WordPiece tokenizer artifact",
         description="Train a BERT WordPiece vocabulary on a corpus (or import a vocab.txt).",
-    )  # fmt: skip
+    )
     tokenizer.add_argument(
         "--corpus", required=True, metavar="CORPUS_ID", help="corpus artifact id"
     )
 
     shard = _stage_parser(
-        commands, common, "shard", ShardConfig, _shard,
+        commands,
+        common,
+        "shard",
+        ShardConfig,
+        _shard,
         help="corpus + tokenizer -> pretraining shards",
         description="Make BERT pretraining examples in balanced Parquet shards.",
-    )  # fmt: skip
+    )
     shard.add_argument("--corpus", required=True, metavar="CORPUS_ID", help="corpus artifact id")
-    shard.add_argument("--tokenizer", required=True, metavar="TOKENIZER_ID",
-                       help="tokenizer artifact id")  # fmt: skip
-    shard.add_argument("--dask-address", metavar="ADDRESS",
-                       help="run the work on this Dask scheduler (tcp://host:8786)")  # fmt: skip
-    shard.add_argument("--spill-dir", metavar="DIR",
-                       help="intermediate files; must be shared by all Dask workers")  # fmt: skip
+    shard.add_argument(
+        "--tokenizer", required=True, metavar="TOKENIZER_ID", help="tokenizer artifact id"
+    )
+    shard.add_argument(
+        "--dask-address",
+        metavar="ADDRESS",
+        help="run the work on this Dask scheduler (tcp://host:8786)",
+    )
+    shard.add_argument(
+        "--spill-dir", metavar="DIR", help="intermediate files; must be shared by all Dask workers"
+    )
 
     pretrain = _stage_parser(
-        commands, common, "pretrain", TrainConfig, _pretrain,
+        commands,
+        common,
+        "pretrain",
+        TrainConfig,
+        _pretrain,
         help="shards -> pretrained BERT model artifact",
         description="Pretrain BERT (MLM + NSP) on a shards artifact with PyTorch Lightning; the "
         "training runs in a subprocess (see python -m bertflow.model.train for torchrun/SLURM).",
-    )  # fmt: skip
+    )
     pretrain.add_argument("--shards", required=True, metavar="SHARDS_ID", help="shards artifact")
-    pretrain.add_argument("--resume", action="store_true",
-                          help="continue from the run folder's last checkpoint")  # fmt: skip
+    pretrain.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's last checkpoint"
+    )
     pretrain.add_argument(
         "--run-dir", metavar="DIR", help="checkpoints and logs (default: ~/.bertflow/runs/<id>)"
     )
 
     evaluate = _stage_parser(
-        commands, common, "evaluate", EvaluateConfig, _evaluate,
+        commands,
+        common,
+        "evaluate",
+        EvaluateConfig,
+        _evaluate,
         help="model -> evaluation artifact (intrinsic + fine-tuned tasks)",
         description="Evaluate a model: MLM/NSP metrics on its validation shards and fine-tuned "
         "downstream tasks beside baselines. With --compare, print evaluations side by side.",
         skip=("tasks",),
-    )  # fmt: skip
+    )
     evaluate.add_argument("--model", metavar="MODEL_ID", help="model artifact to evaluate")
     evaluate.add_argument(
-        "--task", action="append", default=[], metavar="SPEC", dest="task_specs",
+        "--task",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        dest="task_specs",
         help="a labelled task: PATH (a GLUE folder such as SST-2/, or a .csv/.tsv/.jsonl/"
         ".parquet file or folder of train/test files), or key=value pairs such as "
         "path=reviews.csv,text_field=body,label_field=stars,name=reviews,seeds=5 (seeds: this "
         "task's fine-tuning runs); repeat for more",
-    )  # fmt: skip
+    )
     evaluate.add_argument(
-        "--compare", nargs="+", metavar="EVALUATION_ID",
+        "--compare",
+        nargs="+",
+        metavar="EVALUATION_ID",
         help="print these evaluations side by side instead of evaluating",
-    )  # fmt: skip
+    )
     evaluate.add_argument(
-        "--show", metavar="EVALUATION_ID",
+        "--show",
+        metavar="EVALUATION_ID",
         help="print an evaluation's report (lineage, metrics beside baselines) and exit",
-    )  # fmt: skip
+    )
 
     run = commands.add_parser(
-        "run", parents=[common], help="the whole pipeline: ingest -> ... -> evaluate",
+        "run",
+        parents=[common],
+        help="the whole pipeline: ingest -> ... -> evaluate",
         description="Run the pretraining pipeline as one Prefect flow, every stage cached by "
         "its artifact id, then print the evaluation's lineage.",
-    )  # fmt: skip
+    )
     _add_pipeline_config(run)
     run.add_argument(
-        "--print-config", action="store_true",
+        "--print-config",
+        action="store_true",
         help="print the resolved config as YAML (to edit and pass to --config)",
-    )  # fmt: skip
+    )
     _add_json(run)
     run.set_defaults(handler=_run)
 
     serve = commands.add_parser(
-        "serve", parents=[common], help="serve the pipeline and stage deployments",
+        "serve",
+        parents=[common],
+        help="serve the pipeline and stage deployments",
         description="Serve deployments of the pipeline and of each stage flow against the "
         "Prefect server at PREFECT_API_URL: run them from the UI, on a schedule, or on events.",
-    )  # fmt: skip
+    )
     _add_pipeline_config(serve)
     serve.add_argument(
-        "--cron", default="0 3 * * 0",
+        "--cron",
+        default="0 3 * * 0",
         help="the pipeline's retraining schedule (default: Sundays 03:00)",
-    )  # fmt: skip
+    )
     serve.add_argument("--timezone", default="UTC", help="of the cron schedule")
     serve.add_argument(
-        "--schedule-active", action="store_true",
+        "--schedule-active",
+        action="store_true",
         help="turn the schedule on (default: off until turned on in the UI)",
-    )  # fmt: skip
+    )
     serve.add_argument(
-        "--automation", action="store_true",
+        "--automation",
+        action="store_true",
         help="enable the automation that runs the pipeline on each new corpus (default: off)",
-    )  # fmt: skip
+    )
     serve.add_argument(
-        "--concurrency", type=int, default=1, metavar="N",
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
         help="pipeline (and pretrain) runs at once per deployment (default 1)",
-    )  # fmt: skip
+    )
     serve.set_defaults(handler=_serve)
 
     export = commands.add_parser(
-        "export", parents=[common], help="write a model's HuggingFace folder",
+        "export",
+        parents=[common],
+        help="write a model's HuggingFace folder",
         description="Copy a model artifact's HuggingFace export (config.json, model.safetensors, "
         "tokenizer files) into a folder that transformers' from_pretrained loads, with a model "
         "card (README.md) of its recipe, lineage and latest evaluation.",
-    )  # fmt: skip
+    )
     export.add_argument("model", metavar="MODEL_ID")
     export.add_argument("--out", required=True, type=Path, metavar="DIR")
     export.set_defaults(handler=_export)
@@ -236,9 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("id")
     verify.set_defaults(handler=_artifacts_verify)
     gc = artifact_commands.add_parser(
-        "gc", parents=[common],
+        "gc",
+        parents=[common],
         help="remove what crashed runs left (staging and spill folders no live run holds)",
-    )  # fmt: skip
+    )
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.set_defaults(handler=_artifacts_gc)
 
@@ -313,10 +363,13 @@ def _on_prefect_server(command: str, run_flow: Callable[[], Any]) -> Any:
     limit = os.environ[STARTUP_TIMEOUT_ENV]
     if not limit.strip().isdigit():  # else Prefect's settings refuse it, naming no variable
         raise PrefectServerError(f"{STARTUP_TIMEOUT_ENV}={limit!r}: give whole seconds, e.g. 300")
-    print(f"bertflow {command}: starting a temporary Prefect server for this run (no "
-          f"PREFECT_API_URL; waiting up to {limit} s); to keep one running instead: "
-          f"`{KEEP_A_SERVER}` in another shell, and the same export in this one",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"bertflow {command}: starting a temporary Prefect server for this run (no "
+        f"PREFECT_API_URL; waiting up to {limit} s); to keep one running instead: "
+        f"`{KEEP_A_SERVER}` in another shell, and the same export in this one",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         return run_flow()
     except RuntimeError as e:
@@ -376,9 +429,13 @@ def _shard(args: argparse.Namespace) -> int:
         from bertflow.flows.shards import run_shard_flow
 
         return run_shard_flow(
-            dask_address=args.dask_address, corpus_id=args.corpus, tokenizer_id=args.tokenizer,
-            config=config, store_url=store.url, spill_dir=args.spill_dir,
-        )  # fmt: skip
+            dask_address=args.dask_address,
+            corpus_id=args.corpus,
+            tokenizer_id=args.tokenizer,
+            config=config,
+            store_url=store.url,
+            spill_dir=args.spill_dir,
+        )
 
     return _run_stage(args, run)
 
@@ -390,9 +447,12 @@ def _pretrain(args: argparse.Namespace) -> int:
         from bertflow.flows.pretrain import pretrain_flow
 
         return pretrain_flow(
-            shards_id=args.shards, config=config, store_url=store.url, resume=args.resume,
+            shards_id=args.shards,
+            config=config,
+            store_url=store.url,
+            resume=args.resume,
             run_dir=args.run_dir,
-        )  # fmt: skip
+        )
 
     return _run_stage(args, run)
 
@@ -456,17 +516,25 @@ def _print_beside_previous(store: ArtifactStore, manifest: Any) -> None:
     header, rows = comparison_table([m for m in (previous, manifest) if m is not None])
     print("\n" + render_text_table(header, rows))
     if previous is not None:
-        print(f"(left: the previous evaluation of these tasks; compare more with "
-              f"bertflow evaluate --compare {previous.id} {manifest.id} ...)")  # fmt: skip
+        print(
+            f"(left: the previous evaluation of these tasks; compare more with "
+            f"bertflow evaluate --compare {previous.id} {manifest.id} ...)"
+        )
 
 
 def _add_pipeline_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", type=Path, metavar="YAML",
+        "--config",
+        type=Path,
+        metavar="YAML",
         help="pipeline config; sections it leaves out keep the preset's",
-    )  # fmt: skip
-    parser.add_argument("--preset", choices=["demo", "bert-base"], default="demo",
-                        help="the config to start from (default: demo)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--preset",
+        choices=["demo", "bert-base"],
+        default="demo",
+        help="the config to start from (default: demo)",
+    )
 
 
 def _pipeline_config(args: argparse.Namespace) -> Any:
@@ -503,8 +571,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\n{render(lineage(store, evaluation))}")
     _print_evaluation(store, store.require(evaluation))
     print(f"\nnext: bertflow evaluate --show {evaluation}   (metrics beside baselines)")
-    print(f"      bertflow export {result.stages[_last_model(result)].id} --out DIR   "
-          "(the model for transformers)")  # fmt: skip
+    print(
+        f"      bertflow export {result.stages[_last_model(result)].id} --out DIR   "
+        "(the model for transformers)"
+    )
     print(f"      artifacts: {store.url}")
     if os.environ.get("PREFECT_API_URL"):  # a temporary server is gone by now
         from bertflow.flows.records import artifact_page
@@ -534,20 +604,26 @@ def _serve(args: argparse.Namespace) -> int:
     from bertflow.flows.serving import serve
 
     options = ServeOptions(
-        config=_pipeline_config(args), cron=args.cron, timezone=args.timezone,
-        schedule_active=args.schedule_active, automation=args.automation,
+        config=_pipeline_config(args),
+        cron=args.cron,
+        timezone=args.timezone,
+        schedule_active=args.schedule_active,
+        automation=args.automation,
         concurrency=args.concurrency,
-    )  # fmt: skip
+    )
     served = deployments(options)
     api = os.environ["PREFECT_API_URL"]
     state = "active" if options.schedule_active else "inactive: turn it on in the UI"
-    print(f"serving to {api}:\n"
-          f"  {served[0].flow_name}/{served[0].name}: cron '{options.cron}' ({options.timezone}),"
-          f" {state}; at most {options.concurrency} run(s) at a time; automation "
-          f"'{AUTOMATION}' {'on' if options.automation else 'off'}\n"
-          f"  stages: {', '.join(f'{d.flow_name}/{d.name}' for d in served[1:])}\n"
-          f"run them from {ui_base()}/deployments (Run -> Custom run shows the "
-          f"form); Ctrl-C stops serving", flush=True)  # fmt: skip
+    print(
+        f"serving to {api}:\n"
+        f"  {served[0].flow_name}/{served[0].name}: cron '{options.cron}' ({options.timezone}),"
+        f" {state}; at most {options.concurrency} run(s) at a time; automation "
+        f"'{AUTOMATION}' {'on' if options.automation else 'off'}\n"
+        f"  stages: {', '.join(f'{d.flow_name}/{d.name}' for d in served[1:])}\n"
+        f"run them from {ui_base()}/deployments (Run -> Custom run shows the "
+        f"form); Ctrl-C stops serving",
+        flush=True,
+    )
     return serve(served, api)
 
 
@@ -572,10 +648,18 @@ def _export(args: argparse.Namespace) -> int:
     card = render_model_card(store, ModelFacts.of(manifest), evaluation)
     (args.out / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
     print(f"{manifest.id}: wrote {', '.join(EXPORT_FILES)} and {MODEL_CARD_FILE} to {args.out}")
-    print("  model card: " + (f"with the scores of {evaluation.id}" if evaluation else
-                              "no evaluation of this model in the store yet"))  # fmt: skip
-    print("  load with transformers: BertForPreTraining.from_pretrained(DIR), "
-          "AutoTokenizer.from_pretrained(DIR)")  # fmt: skip
+    print(
+        "  model card: "
+        + (
+            f"with the scores of {evaluation.id}"
+            if evaluation
+            else "no evaluation of this model in the store yet"
+        )
+    )
+    print(
+        "  load with transformers: BertForPreTraining.from_pretrained(DIR), "
+        "AutoTokenizer.from_pretrained(DIR)"
+    )
     return 0
 
 
@@ -643,8 +727,10 @@ def _artifacts_gc(args: argparse.Namespace) -> int:
     for leftover in leftovers:
         print(f"{verb} {leftover.path} ({leftover.bytes / 1e6:.1f} MB)")
     total = sum(leftover.bytes for leftover in leftovers) / 1e6
-    print(f"{verb} {len(leftovers)} folder(s) left by runs no longer alive ({total:.1f} MB); "
-          "folders of live runs are kept")  # fmt: skip
+    print(
+        f"{verb} {len(leftovers)} folder(s) left by runs no longer alive ({total:.1f} MB); "
+        "folders of live runs are kept"
+    )
     return 0
 
 

@@ -50,24 +50,38 @@ def deployments(options: ServeOptions) -> list[RunnerDeployment]:
     (`bertflow-pipeline`, `bertflow-ingest`, ...), as the UI's breadcrumbs and the
     automation's action show them."""
     parameters = {"config": options.config.model_dump(mode="json")}
-    limit = ConcurrencyLimitConfig(limit=options.concurrency,
-                                   collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)  # fmt: skip
+    limit = ConcurrencyLimitConfig(
+        limit=options.concurrency, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+    )
     pipeline = pretraining_pipeline.to_deployment(
-        name=PIPELINE_DEPLOYMENT, tags=TAGS, parameters=parameters, concurrency_limit=limit,
+        name=PIPELINE_DEPLOYMENT,
+        tags=TAGS,
+        parameters=parameters,
+        concurrency_limit=limit,
         description="Ingest -> tokenizer -> shard -> pretrain -> evaluate, each stage cached.",
-        schedules=[Cron(options.cron, timezone=options.timezone, active=options.schedule_active,
-                        parameters=parameters)],
+        schedules=[
+            Cron(
+                options.cron,
+                timezone=options.timezone,
+                active=options.schedule_active,
+                parameters=parameters,
+            )
+        ],
         triggers=[new_corpus_trigger(options)],
-    )  # fmt: skip
+    )
     stages = [
-        ingest_flow.to_deployment(name=stage_deployment("ingest"), tags=TAGS,
-                                  parameters={"config": parameters["config"]["ingest"]}),
+        ingest_flow.to_deployment(
+            name=stage_deployment("ingest"),
+            tags=TAGS,
+            parameters={"config": parameters["config"]["ingest"]},
+        ),
         tokenizer_flow.to_deployment(name=stage_deployment("tokenizer"), tags=TAGS),
         shard_flow.to_deployment(name=stage_deployment("shard"), tags=TAGS),
-        pretrain_flow.to_deployment(name=stage_deployment("pretrain"), tags=TAGS,
-                                    concurrency_limit=limit),
+        pretrain_flow.to_deployment(
+            name=stage_deployment("pretrain"), tags=TAGS, concurrency_limit=limit
+        ),
         evaluate_flow.to_deployment(name=stage_deployment("evaluate"), tags=TAGS),
-    ]  # fmt: skip
+    ]
     return [pipeline, *stages]
 
 
@@ -82,7 +96,10 @@ def new_corpus_trigger(options: ServeOptions) -> DeploymentEventTrigger:
     config: dict[str, Any] = options.config.model_dump(mode="json")
     config["corpus_id"] = "{{ event.payload.corpus_id }}"
     return DeploymentEventTrigger(
-        name=AUTOMATION, enabled=options.automation,
+        name=AUTOMATION,
+        enabled=options.automation,
         description="Starts the pretraining pipeline for each corpus `bertflow ingest` publishes.",
-        expect={CORPUS_EVENT}, match={"bertflow.origin": "ingest"}, parameters={"config": config},
-    )  # fmt: skip
+        expect={CORPUS_EVENT},
+        match={"bertflow.origin": "ingest"},
+        parameters={"config": config},
+    )

@@ -47,19 +47,28 @@ def evaluate_flow(
         model = store.require(manifest.upstream["model"])
         link = functools.cache(artifact_link)  # a node shown twice is looked up once
         report = render_report(store, model, manifest.config, manifest.stats, link=link)
-        return "\n\n".join([
-            comparison_markdown(previous_evaluation(store, manifest), manifest),
-            report.replace("# Evaluation of", "## Evaluation of", 1),
-            embedded_png(store, manifest.id, manifest.layout["curves"],
-                         "Training and fine-tuning curves"),
-        ])  # fmt: skip
+        return "\n\n".join(
+            [
+                comparison_markdown(previous_evaluation(store, manifest), manifest),
+                report.replace("# Evaluation of", "## Evaluation of", 1),
+                embedded_png(
+                    store, manifest.id, manifest.layout["curves"], "Training and fine-tuning curves"
+                ),
+            ]
+        )
 
     result = cached_or_built(
-        store, plan.artifact_id, "Evaluation", build, upstream=plan.upstream,
-        input_uris=[i.uri for i in plan.inputs], details=details,
-    )  # fmt: skip
+        store,
+        plan.artifact_id,
+        "Evaluation",
+        build,
+        upstream=plan.upstream,
+        input_uris=[i.uri for i in plan.inputs],
+        details=details,
+    )
     rows = metric_rows(result.stats)
     if rows:
-        create_table_artifact(key=f"{result.id}-metrics", table=rows,
-                              description=f"every metric of {result.id}")  # fmt: skip
+        create_table_artifact(
+            key=f"{result.id}-metrics", table=rows, description=f"every metric of {result.id}"
+        )
     return result

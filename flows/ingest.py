@@ -60,9 +60,16 @@ def announce_corpus(result: StageResult, config: IngestConfig) -> None:
     origin = "pipeline" if flow_run.get_parent_flow_run_id() else "ingest"
     emit_event(
         event=CORPUS_EVENT,
-        resource={"prefect.resource.id": f"bertflow.artifact.{result.id}",
-                  "prefect.resource.name": result.id, "bertflow.kind": "corpus",
-                  "bertflow.origin": origin},
-        payload={"corpus_id": result.id, "uri": result.uri, "sources": config.sources,
-                 "documents": result.stats.get("documents", {})},
-    )  # fmt: skip
+        resource={
+            "prefect.resource.id": f"bertflow.artifact.{result.id}",
+            "prefect.resource.name": result.id,
+            "bertflow.kind": "corpus",
+            "bertflow.origin": origin,
+        },
+        payload={
+            "corpus_id": result.id,
+            "uri": result.uri,
+            "sources": config.sources,
+            "documents": result.stats.get("documents", {}),
+        },
+    )

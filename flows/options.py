@@ -34,9 +34,12 @@ def add_config_options(
             pair.add_argument(flag, action="store_true", **kwargs)
             false_flag = f"--{extra['cli_false_flag']}"
             pair.add_argument(
-                false_flag, action="store_false", dest=name, default=argparse.SUPPRESS,
+                false_flag,
+                action="store_false",
+                dest=name,
+                default=argparse.SUPPRESS,
                 help=f"the opposite of {flag}",
-            )  # fmt: skip
+            )
         elif kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif kind is list:

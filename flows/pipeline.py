@@ -47,8 +47,12 @@ def pretraining_pipeline(config: PipelineConfig | None = None) -> PipelineResult
     config = config or PipelineConfig()
     store = ArtifactStore(config.store)
     phases = range(1, len(config.phases) + 1)
-    names = ["ingest", "tokenizer", *(f"{s}-{n}" for n in phases for s in ("shard", "pretrain")),
-             "evaluate"]  # fmt: skip
+    names = [
+        "ingest",
+        "tokenizer",
+        *(f"{s}-{n}" for n in phases for s in ("shard", "pretrain")),
+        "evaluate",
+    ]
     progress = PipelineProgress(names)
     stages: dict[str, StageResult] = {}
 
@@ -61,17 +65,25 @@ def pretraining_pipeline(config: PipelineConfig | None = None) -> PipelineResult
         corpus_id = run("ingest", StageResult.of, store, Published(corpus, cached=True))
     else:
         corpus_id = run("ingest", ingest_flow, config=config.ingest, store_url=store.url)
-    tokenizer_id = run("tokenizer", tokenizer_flow, corpus_id, config=config.tokenizer,
-                       store_url=store.url)  # fmt: skip
+    tokenizer_id = run(
+        "tokenizer", tokenizer_flow, corpus_id, config=config.tokenizer, store_url=store.url
+    )
     model_id: str | None = None
     for number, phase in zip(phases, config.phases, strict=True):
-        shards_id = run(f"shard-{number}", shard_flow, corpus_id, tokenizer_id,
-                        config=phase.shard, store_url=store.url)  # fmt: skip
+        shards_id = run(
+            f"shard-{number}",
+            shard_flow,
+            corpus_id,
+            tokenizer_id,
+            config=phase.shard,
+            store_url=store.url,
+        )
         training = phase.pretrain
         if model_id is not None:  # phase 2 on starts from the previous phase's model
             training = training.model_copy(update={"init_from": model_id})
-        model_id = run(f"pretrain-{number}", pretrain_flow, shards_id, config=training,
-                       store_url=store.url)  # fmt: skip
+        model_id = run(
+            f"pretrain-{number}", pretrain_flow, shards_id, config=training, store_url=store.url
+        )
     assert model_id is not None  # phases has at least one entry
     run("evaluate", evaluate_flow, model_id, config=config.evaluate, store_url=store.url)
     create_markdown_artifact(
@@ -79,8 +91,10 @@ def pretraining_pipeline(config: PipelineConfig | None = None) -> PipelineResult
         description="the artifacts this pipeline run made or reused",
     )
     cached = [name for name, s in stages.items() if s.cached]
-    get_run_logger().info(f"pipeline done: {len(cached)} of {len(stages)} stages cached; "
-                          f"evaluation {stages['evaluate'].id}")  # fmt: skip
+    get_run_logger().info(
+        f"pipeline done: {len(cached)} of {len(stages)} stages cached; "
+        f"evaluation {stages['evaluate'].id}"
+    )
     return PipelineResult(stages=stages)
 
 
@@ -98,30 +112,44 @@ def run_stage(
             result = stage()
     except BaseException as e:  # Prefect's cancellation is a BaseException (TerminationSignal)
         how = "failed" if isinstance(e, Exception) else "stopped (cancelled or interrupted)"
-        logger.error(f"stage {number}/{len(progress.stages)} {name}: {how} after "
-                     f"{time.monotonic() - started:.1f} s")  # fmt: skip
+        logger.error(
+            f"stage {number}/{len(progress.stages)} {name}: {how} after "
+            f"{time.monotonic() - started:.1f} s"
+        )
         raise
     made = "cached" if result.cached else "made"
-    logger.info(f"stage {number}/{len(progress.stages)} {name}: {result.id} {made} in "
-                f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    logger.info(
+        f"stage {number}/{len(progress.stages)} {name}: {result.id} {made} in "
+        f"{time.monotonic() - started:.1f} s"
+    )
     return result
 
 
 def run_summary(store: ArtifactStore, stages: dict[str, StageResult]) -> str:
-    lines = [f"# Pipeline run `{flow_run.get_name()}`", "",
-             "| stage | artifact | cached | upstream |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Pipeline run `{flow_run.get_name()}`",
+        "",
+        "| stage | artifact | cached | upstream |",
+        "|---|---|---|---|",
+    ]
     link = functools.cache(artifact_link)  # one look-up per artifact, though linked twice
     for name, s in stages.items():
         ups = sorted(s.upstream.items())
         upstream = ", ".join(f"{role} {link(up)}" for role, up in ups)
-        lines.append(f"| {name} | {link(s.id)} | {'yes' if s.cached else 'no'} | "
-                     f"{upstream or 'raw inputs'} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {link(s.id)} | {'yes' if s.cached else 'no'} | "
+            f"{upstream or 'raw inputs'} |"
+        )
     evaluation = stages["evaluate"].id
-    lines += ["", f"The evaluation's report, with the whole lineage: {link(evaluation)}; "
-              f"in a terminal: `bertflow lineage {evaluation}`, `bertflow evaluate --show "
-              f"{evaluation}`. Store: `{store.url}`.", "",
-              f"Every artifact has a page (neither UI's sidebar lists artifacts): "
-              f"`{ui_base()}/artifacts/key/<artifact id>` shows its versions, and each link "
-              f"above opens its latest content; this run's own records are on its Artifacts "
-              f"tab."]  # fmt: skip
+    lines += [
+        "",
+        f"The evaluation's report, with the whole lineage: {link(evaluation)}; "
+        f"in a terminal: `bertflow lineage {evaluation}`, `bertflow evaluate --show "
+        f"{evaluation}`. Store: `{store.url}`.",
+        "",
+        f"Every artifact has a page (neither UI's sidebar lists artifacts): "
+        f"`{ui_base()}/artifacts/key/<artifact id>` shows its versions, and each link "
+        f"above opens its latest content; this run's own records are on its Artifacts "
+        f"tab.",
+    ]
     return "\n".join(lines)

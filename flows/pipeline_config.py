@@ -48,13 +48,15 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     store: str | None = Field(
-        None, description="Artifact store: a folder or fsspec URL such as s3://bucket/prefix "
+        None,
+        description="Artifact store: a folder or fsspec URL such as s3://bucket/prefix "
         "(default: $BERTFLOW_STORE, else ~/.bertflow/store).",
-    )  # fmt: skip
+    )
     corpus_id: str | None = Field(
-        None, description="Start from this corpus artifact instead of ingesting the sources "
+        None,
+        description="Start from this corpus artifact instead of ingesting the sources "
         "(what the event-driven automation passes).",
-    )  # fmt: skip
+    )
     ingest: IngestConfig = Field(
         default_factory=lambda: IngestConfig(sources=["demo"]),
         description="Raw text -> corpus.",
@@ -64,9 +66,10 @@ class PipelineConfig(BaseModel):
         description="Corpus -> WordPiece vocabulary.",
     )
     phases: list[Phase] = Field(
-        default_factory=lambda: [demo_phase()], min_length=1,
+        default_factory=lambda: [demo_phase()],
+        min_length=1,
         description="Pretraining phases, in order (BERT: 128 tokens, then 512).",
-    )  # fmt: skip
+    )
     evaluate: EvaluateConfig = Field(
         default_factory=lambda: demo_evaluation(), description="Model -> evaluation."
     )
@@ -92,10 +95,17 @@ def demo_phase() -> Phase:
     which only slows a model this far from fitting its data; 2e-3 peak rate."""
     return Phase(
         shard=ShardConfig(max_seq_len=32),
-        pretrain=TrainConfig(preset="tiny", max_steps=3000, batch_size=128, lr=2e-3,
-                             warmup_steps=100, dropout=0.0, val_every=500,
-                             checkpoint_every=500),
-    )  # fmt: skip
+        pretrain=TrainConfig(
+            preset="tiny",
+            max_steps=3000,
+            batch_size=128,
+            lr=2e-3,
+            warmup_steps=100,
+            dropout=0.0,
+            val_every=500,
+            checkpoint_every=500,
+        ),
+    )
 
 
 def demo_evaluation() -> EvaluateConfig:
@@ -117,20 +127,32 @@ def bert_base(sources: list[str] | None = None) -> PipelineConfig:
     at 128 tokens (20 predictions), 10% at 512 (77 predictions); batch 256, Adam at 1e-4 with
     10k warm-up steps and linear decay, dropout 0.1; fine-tuned at 2e-5..5e-5 for 3 epochs.
     Replace the sources with your corpus (`--print-config` writes this as YAML to edit)."""
-    phase = dict(preset="base", batch_size=256, lr=1e-4, max_position_embeddings=512,
-                 precision="auto", num_workers=4, log_every=100, val_every=10_000,
-                 checkpoint_every=10_000)  # fmt: skip
+    phase = dict(
+        preset="base",
+        batch_size=256,
+        lr=1e-4,
+        max_position_embeddings=512,
+        precision="auto",
+        num_workers=4,
+        log_every=100,
+        val_every=10_000,
+        checkpoint_every=10_000,
+    )
     return PipelineConfig(
         ingest=IngestConfig(sources=sources or ["demo"]),
         tokenizer=TokenizerConfig(vocab_size=30522, lowercase=True),
         phases=[
-            Phase(shard=ShardConfig(max_seq_len=128, max_predictions=20, num_shards=256),
-                  pretrain=TrainConfig(**phase, max_steps=900_000, warmup_steps=10_000)),
-            Phase(shard=ShardConfig(max_seq_len=512, max_predictions=77, num_shards=256),
-                  pretrain=TrainConfig(**phase, max_steps=100_000, warmup_steps=1_000)),
+            Phase(
+                shard=ShardConfig(max_seq_len=128, max_predictions=20, num_shards=256),
+                pretrain=TrainConfig(**phase, max_steps=900_000, warmup_steps=10_000),
+            ),
+            Phase(
+                shard=ShardConfig(max_seq_len=512, max_predictions=77, num_shards=256),
+                pretrain=TrainConfig(**phase, max_steps=100_000, warmup_steps=1_000),
+            ),
         ],
         evaluate=EvaluateConfig(tasks=demo_evaluation().tasks, lr=3e-5, epochs=3, batch_size=32),
-    )  # fmt: skip
+    )
 
 
 def preset(name: str) -> PipelineConfig:

@@ -65,19 +65,32 @@ def pretrain_flow(
         return Published(store.require(plan.artifact_id), cached=False)
 
     return cached_or_built(
-        store, plan.artifact_id, "Model", build, upstream=plan.upstream, input_uris=[],
+        store,
+        plan.artifact_id,
+        "Model",
+        build,
+        upstream=plan.upstream,
+        input_uris=[],
         details=lambda manifest: model_report(store, manifest),
-    )  # fmt: skip
+    )
 
 
 def training_command(
     store: ArtifactStore, plan: PretrainPlan, run_dir: Path, resume: bool, flow_run_id: str | None
 ) -> list[str]:
     command = [
-        sys.executable, "-m", "bertflow.model.train", "--shards", plan.shards.id,
-        "--store", store.url, "--run-dir", str(run_dir),
-        "--config-json", plan.config.model_dump_json(),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bertflow.model.train",
+        "--shards",
+        plan.shards.id,
+        "--store",
+        store.url,
+        "--run-dir",
+        str(run_dir),
+        "--config-json",
+        plan.config.model_dump_json(),
+    ]
     if resume:
         command.append("--resume")
     if flow_run_id:
@@ -101,9 +114,14 @@ def launch_training(
     progress = TrainingProgress(plan.config.max_steps, f"pretraining {plan.artifact_id}")
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env=env, start_new_session=True,
-    )  # fmt: skip
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env=env,
+        start_new_session=True,
+    )
     published = False
     try:
         assert process.stdout is not None
@@ -159,8 +177,13 @@ class TrainingProgress:
     def __init__(self, max_steps: int, description: str):
         self.max_steps = max_steps
         self.artifact_id = create_progress_artifact(progress=0.0, description=description)
-        self._bar = tqdm(total=max_steps, unit="step", desc="pretrain",
-                         disable=not sys.stderr.isatty(), file=sys.stderr)  # fmt: skip
+        self._bar = tqdm(
+            total=max_steps,
+            unit="step",
+            desc="pretrain",
+            disable=not sys.stderr.isatty(),
+            file=sys.stderr,
+        )
         self._last_update = 0.0
 
     def update(self, record: dict) -> None:
@@ -211,7 +234,11 @@ def model_report(store: ArtifactStore, manifest: Manifest) -> str:
     if s.get("mfu"):
         lines.append(f"| MFU (median window) | {s['mfu']:.1%} |")
     layout = manifest.layout
-    lines += ["", embedded_png(store, manifest.id, layout["loss_curve"], "Loss curve"), "",
-              f"HuggingFace export: `{store.uri(manifest.id, layout['hf'])}/` "
-              f"(`bertflow export {manifest.id} --out DIR`)."]  # fmt: skip
+    lines += [
+        "",
+        embedded_png(store, manifest.id, layout["loss_curve"], "Loss curve"),
+        "",
+        f"HuggingFace export: `{store.uri(manifest.id, layout['hf'])}/` "
+        f"(`bertflow export {manifest.id} --out DIR`).",
+    ]
     return "\n".join(lines)

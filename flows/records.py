@@ -114,8 +114,9 @@ def artifact_page(artifact_id: str) -> str:
     with get_client(sync_client=True) as client:
         latest = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_id])),
-            sort=ArtifactSort.CREATED_DESC, limit=1,
-        )  # fmt: skip
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
     page = f"artifact/{latest[0].id}" if latest else f"key/{artifact_id}"
     return f"{ui_base()}/artifacts/{page}"
 
@@ -243,11 +244,15 @@ class PipelineProgress:
         done = self._index + min(max(fraction, 0.0), 1.0)
         name, count = self.stages[self._index], len(self.stages)
         finished = done >= count
-        description = ("pipeline: all stages done" if finished else
-                       f"pipeline: stage {self._index + 1} of {count}, {name} "
-                       f"({100 * fraction:.0f}% of the stage)")  # fmt: skip
-        update_progress_artifact(self.artifact_id, progress=round(100 * done / count, 1),
-                                 description=description)  # fmt: skip
+        description = (
+            "pipeline: all stages done"
+            if finished
+            else f"pipeline: stage {self._index + 1} of {count}, {name} "
+            f"({100 * fraction:.0f}% of the stage)"
+        )
+        update_progress_artifact(
+            self.artifact_id, progress=round(100 * done / count, 1), description=description
+        )
 
 
 _current_pipeline: contextvars.ContextVar[PipelineProgress | None] = contextvars.ContextVar(

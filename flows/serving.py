@@ -175,9 +175,12 @@ class _Watcher(threading.Thread):
             return
         self.lost = why
         wait_s = self.watch.return_within_s
-        print(f"bertflow serve: lost the Prefect server at {self.api_url} ({why}); serving "
-              f"stops once it is back (waiting up to {wait_s:g} s)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"bertflow serve: lost the Prefect server at {self.api_url} ({why}); serving "
+            f"stops once it is back (waiting up to {wait_s:g} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         back = self._wait_until_back()
         if self._stopped.is_set():  # the runner stopped on its own meanwhile
             return

@@ -54,15 +54,23 @@ def shard_flow(
         callbacks = progress_callbacks(f"sharding {corpus_id}")
         runner = prefect_runner if dask_address else None
         return build_and_publish(
-            store, plan, callbacks, flow_run_id=flow_run.get_id(), runner=runner,
+            store,
+            plan,
+            callbacks,
+            flow_run_id=flow_run.get_id(),
+            runner=runner,
             spill_root=spill_dir,
-        )  # fmt: skip
+        )
 
     return cached_or_built(
-        store, plan.artifact_id, "Shards", build,
-        upstream={"corpus": corpus_id, "tokenizer": tokenizer_id}, input_uris=[],
+        store,
+        plan.artifact_id,
+        "Shards",
+        build,
+        upstream={"corpus": corpus_id, "tokenizer": tokenizer_id},
+        input_uris=[],
         details=shard_report,
-    )  # fmt: skip
+    )
 
 
 def run_shard_flow(dask_address: str | None = None, **parameters: Any) -> StageResult:
@@ -74,8 +82,12 @@ def run_shard_flow(dask_address: str | None = None, **parameters: Any) -> StageR
 
 
 def shard_report(manifest: Manifest) -> str:
-    lines = ["## Examples", "", "| split | examples | tokens | random next | padding | masked |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "## Examples",
+        "",
+        "| split | examples | tokens | random next | padding | masked |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for split in ("train", "validation"):
         s = manifest.stats[split]
         lines.append(

@@ -345,7 +345,10 @@ class BertForSequenceClassification(nn.Module):
         """(B, L) ids -> (B, num_labels) logits (or (B, 1) regression outputs)."""
         sequence, pooled = self.bert(input_ids, token_type_ids, attention_mask)
         if self.pooling == "mean":
-            real = (attention_mask if attention_mask is not None
-                    else torch.ones_like(input_ids)).unsqueeze(-1).to(sequence.dtype)  # fmt: skip
+            real = (
+                (attention_mask if attention_mask is not None else torch.ones_like(input_ids))
+                .unsqueeze(-1)
+                .to(sequence.dtype)
+            )
             pooled = (sequence * real).sum(1) / real.sum(1).clamp(min=1.0)
         return self.classifier(self.dropout(pooled))

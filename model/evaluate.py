@@ -74,8 +74,9 @@ def plan_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig)
     artifact by the model, the config and the task files' fingerprints."""
     model = store.require(model_id, kind="model")
     positions = int(model.layout["architecture"]["max_position_embeddings"])
-    max_seq_len = config.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, positions,
-                                            trained_length(store, model))  # fmt: skip
+    max_seq_len = config.max_seq_len or min(
+        DEFAULT_MAX_SEQ_LEN, positions, trained_length(store, model)
+    )
     if max_seq_len > positions:
         raise InputError(
             f"--max-seq-len {max_seq_len} is longer than {model_id}'s {positions} positions"
@@ -87,9 +88,11 @@ def plan_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig)
         twice = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"task names must differ, {twice} appear twice: give each a name=")
     evaluation_id = artifact_id(
-        "evaluation", config={**config.identity(), "max_seq_len": max_seq_len},
-        upstream={"model": model_id}, inputs=inputs,
-    )  # fmt: skip
+        "evaluation",
+        config={**config.identity(), "max_seq_len": max_seq_len},
+        upstream={"model": model_id},
+        inputs=inputs,
+    )
     task_set = task_set_key(config.tasks, inputs)
     return EvaluationPlan(config, model, tasks, inputs, max_seq_len, task_set, evaluation_id)
 
@@ -117,8 +120,10 @@ def trained_length(store: ArtifactStore, model: Manifest) -> int:
 
 def task_set_key(specs: Sequence[TaskSpec], inputs: Sequence[InputFingerprint]) -> str:
     """What makes two evaluations comparable: the same tasks read from the same files."""
-    identity = {"tasks": [s.identity() for s in specs],
-                "inputs": [i.model_dump(mode="json") for i in inputs]}  # fmt: skip
+    identity = {
+        "tasks": [s.identity() for s in specs],
+        "inputs": [i.model_dump(mode="json") for i in inputs],
+    }
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:20]
 
 
@@ -149,8 +154,14 @@ class EvaluationProgress:
     ):
         self.state = EvaluationState(total)
         self.callbacks, self.every_s, self._last = list(callbacks), every_s, 0.0
-        self._bar = tqdm(total=total, unit="step", desc="evaluate", file=sys.stderr,
-                         disable=not sys.stderr.isatty(), dynamic_ncols=True)  # fmt: skip
+        self._bar = tqdm(
+            total=total,
+            unit="step",
+            desc="evaluate",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
 
     def phase(self, name: str) -> None:
         self.state.phase = name
@@ -249,8 +260,9 @@ class TaskOutcome:
             "split_origin": t.split_origin,
             "examples": {"train": len(t.train.labels), "evaluation": len(t.evaluation.labels)},
             "trained_on": len(self.prepared.train),  # the same examples for every contender
-            "dev": None if dev is None else {
-                "origin": "files" if dev is t.dev else "train", "examples": len(dev)},
+            "dev": None
+            if dev is None
+            else {"origin": "files" if dev is t.dev else "train", "examples": len(dev)},
             "seeds": self.prepared.seeds,
             "selection": self.selection(),
             "max_seq_len": max_seq_len,
@@ -285,8 +297,9 @@ def evaluate(
     if c.intrinsic:
         dataset = validation_dataset(store, plan.model.upstream["shards"], c.intrinsic_batch_size)
         if dataset is None:
-            warnings.append(f"{plan.model.upstream['shards']} has no validation examples: "
-                            "no intrinsic metrics")  # fmt: skip
+            warnings.append(
+                f"{plan.model.upstream['shards']} has no validation examples: no intrinsic metrics"
+            )
     prepared = [prepare_task(t, spec, c) for t, spec in zip(plan.tasks, c.tasks, strict=True)]
     encoded = [_encode_task(tokenizer, p, plan.max_seq_len) for p in prepared]
     contenders = 1 + ("random-init" in c.baselines)
@@ -301,17 +314,24 @@ def evaluate(
         if dataset is not None:
             progress.phase("intrinsic")
             nsp = plan.model.layout.get("objective") != "none"
-            intrinsic = intrinsic_metrics(network, dataset, nsp=nsp, device=device,
-                                          max_batches=c.intrinsic_max_batches,
-                                          on_batch=progress.step)  # fmt: skip
+            intrinsic = intrinsic_metrics(
+                network,
+                dataset,
+                nsp=nsp,
+                device=device,
+                max_batches=c.intrinsic_max_batches,
+                on_batch=progress.step,
+            )
         outcomes = {}
         for task, data in zip(prepared, encoded, strict=True):
             name = task.task.name
             outcomes[name] = _run_task(task, data, architecture, encoder, c, device, progress)
             for split, n in outcomes[name].truncated.items():
                 if n:
-                    warnings.append(f"{name}: {n:,} {split} examples longer than "
-                                    f"{plan.max_seq_len} tokens were truncated")  # fmt: skip
+                    warnings.append(
+                        f"{name}: {n:,} {split} examples longer than "
+                        f"{plan.max_seq_len} tokens were truncated"
+                    )
     finally:
         progress.close()
     return intrinsic, outcomes, warnings
@@ -400,13 +420,24 @@ def _run_task(
         out = []
         for seed in prepared.seeds:
             progress.phase(f"{task.name}: {label}, seed {seed}")
-            out.append(finetune(
-                architecture, weights, data.train, data.evaluation, problem=task.problem,
-                num_labels=task.num_labels, config=c.finetune_config(architecture.hidden_size),
-                seed=seed, device=device, score=scorer(labels), on_step=progress.step,
-                dev=data.dev, dev_score=scorer(data.dev.labels) if data.dev else None,
-                higher_is_better=HIGHER_IS_BETTER[primary],
-            ))  # fmt: skip
+            out.append(
+                finetune(
+                    architecture,
+                    weights,
+                    data.train,
+                    data.evaluation,
+                    problem=task.problem,
+                    num_labels=task.num_labels,
+                    config=c.finetune_config(architecture.hidden_size),
+                    seed=seed,
+                    device=device,
+                    score=scorer(labels),
+                    on_step=progress.step,
+                    dev=data.dev,
+                    dev_score=scorer(data.dev.labels) if data.dev else None,
+                    higher_is_better=HIGHER_IS_BETTER[primary],
+                )
+            )
         return out
 
     def summary(predictions: list[np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -422,11 +453,21 @@ def _run_task(
         else:
             progress.phase(f"{task.name}: tf-idf")
             train, ev = prepared.train, task.evaluation
-            result = tfidf_baseline(train.texts, train.pairs, train.labels, ev.texts,
-                                    ev.pairs, task.problem, seed=c.seed)  # fmt: skip
+            result = tfidf_baseline(
+                train.texts,
+                train.pairs,
+                train.labels,
+                ev.texts,
+                ev.pairs,
+                task.problem,
+                seed=c.seed,
+            )
             baselines[name] = summary([result.predictions])
-    truncated = {"train": data.train.truncated, "dev": data.dev.truncated if data.dev else 0,
-                 "evaluation": data.evaluation.truncated}  # fmt: skip
+    truncated = {
+        "train": data.train.truncated,
+        "dev": data.dev.truncated if data.dev else 0,
+        "evaluation": data.evaluation.truncated,
+    }
     return TaskOutcome(
         prepared=prepared,
         truncated=truncated,
@@ -461,28 +502,53 @@ def build_and_publish(
         "seconds": round(time.monotonic() - started, 1),
         "warnings": warnings,
     }
-    layout = {"results": RESULTS_FILE, "report": REPORT_FILE, "curves": CURVES_FILE,
-              "task_set": plan.task_set, "model": plan.model.id,
-              "shards": plan.model.upstream.get("shards")}  # fmt: skip
-    curves = {name: {label: [r.loss_curve for r in rs] for label, rs in o.runs.items()}
-              for name, o in outcomes.items()}  # fmt: skip
-    epoch_scores = {name: {label: [r.epoch_scores for r in rs] for label, rs in o.runs.items()}
-                    for name, o in outcomes.items()}  # fmt: skip
-    results = {"intrinsic": intrinsic, "tasks": stats["tasks"], "curves": curves,
-               "epoch_scores": epoch_scores}  # fmt: skip
+    layout = {
+        "results": RESULTS_FILE,
+        "report": REPORT_FILE,
+        "curves": CURVES_FILE,
+        "task_set": plan.task_set,
+        "model": plan.model.id,
+        "shards": plan.model.upstream.get("shards"),
+    }
+    curves = {
+        name: {label: [r.loss_curve for r in rs] for label, rs in o.runs.items()}
+        for name, o in outcomes.items()
+    }
+    epoch_scores = {
+        name: {label: [r.epoch_scores for r in rs] for label, rs in o.runs.items()}
+        for name, o in outcomes.items()
+    }
+    results = {
+        "intrinsic": intrinsic,
+        "tasks": stats["tasks"],
+        "curves": curves,
+        "epoch_scores": epoch_scores,
+    }
     with store.staging(plan.artifact_id) as staging:
         (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         (staging / REPORT_FILE).write_text(
             render_report(store, plan.model, plan.config.model_dump(mode="json"), stats)
         )
         primary = {name: o.task.metrics[0] for name, o in outcomes.items()}
-        plot_curves(store, plan.model, curves, epoch_scores, primary, staging / CURVES_FILE,
-                    title=plan.artifact_id)  # fmt: skip
+        plot_curves(
+            store,
+            plan.model,
+            curves,
+            epoch_scores,
+            primary,
+            staging / CURVES_FILE,
+            title=plan.artifact_id,
+        )
         return store.publish(
-            staging, plan.artifact_id, config=plan.config.model_dump(mode="json"),
-            upstream=plan.upstream, inputs=plan.inputs, stats=stats, layout=layout,
+            staging,
+            plan.artifact_id,
+            config=plan.config.model_dump(mode="json"),
+            upstream=plan.upstream,
+            inputs=plan.inputs,
+            stats=stats,
+            layout=layout,
             flow_run_id=flow_run_id,
-        )  # fmt: skip
+        )
 
 
 def run_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig) -> Published:

@@ -33,15 +33,21 @@ class EvaluateConfig(BaseModel):
         None, ge=1, description="Validation batches for intrinsic metrics (None: all)."
     )
     seeds: int | None = Field(
-        None, ge=1, le=20, description="Fine-tuning runs per task, median reported; None: by the "
+        None,
+        ge=1,
+        le=20,
+        description="Fine-tuning runs per task, median reported; None: by the "
         "task's size, 5 under 10,000 training examples, 3 under 100,000, else 1. A task's own "
         "seeds= wins.",
-    )  # fmt: skip
+    )
     seed: int = Field(0, description="First fine-tuning seed (runs use seed, seed+1, ...).")
     dev_fraction: float = Field(
-        0.1, ge=0.0, le=0.5, description="Share of each task's training examples held out "
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of each task's training examples held out "
         "(seeded, stratified by class) to choose each run's best epoch; 0: keep the last epoch.",
-    )  # fmt: skip
+    )
     baselines: list[Baseline] = Field(
         default_factory=lambda: ["tfidf", "random-init"],
         description="References on the same split: tfidf (TF-IDF + logistic/ridge regression), "
@@ -49,27 +55,35 @@ class EvaluateConfig(BaseModel):
     )
     epochs: int = Field(3, ge=1, le=100, description="Fine-tuning epochs.")
     lr: float | None = Field(
-        None, gt=0.0, le=1.0, description="Fine-tuning peak learning rate (default: 1e-3 at "
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Fine-tuning peak learning rate (default: 1e-3 at "
         "hidden size 128, scaled by (128/hidden)^2: 2.8e-5 for BERT-base, as its paper's range).",
-    )  # fmt: skip
+    )
     batch_size: int = Field(32, ge=1, description="Fine-tuning batch size.")
     warmup_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of fine-tuning steps spent warming up."
     )
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay while fine-tuning.")
     pooling: Pooling = Field(
-        "mean", description="What the classifier reads: mean (the last layer averaged over the "
+        "mean",
+        description="What the classifier reads: mean (the last layer averaged over the "
         "real tokens) or cls (the pooled [CLS] output, HuggingFace's). Mean fine-tunes small "
         "pretrained encoders better: +0.03 on demo-era, +0.08 on SST-2 for the demo's model.",
-    )  # fmt: skip
+    )
     max_seq_len: int | None = Field(
-        None, ge=8, description="Longest fine-tuning input, longer ones truncated and counted "
+        None,
+        ge=8,
+        description="Longest fine-tuning input, longer ones truncated and counted "
         f"(default: {DEFAULT_MAX_SEQ_LEN}, or the length the model was pretrained at if shorter).",
-    )  # fmt: skip
+    )
     max_train_examples: int | None = Field(
-        None, ge=1, description="Fine-tune on a seeded sample of at most this many examples "
+        None,
+        ge=1,
+        description="Fine-tune on a seeded sample of at most this many examples "
         "(the dev split included).",
-    )  # fmt: skip
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to run: auto picks a GPU when there is one."
     )
@@ -92,11 +106,14 @@ class EvaluateConfig(BaseModel):
     def finetune_config(self, hidden_size: int) -> FinetuneConfig:
         from bertflow.model.finetune import FinetuneConfig  # torch: only where fine-tuning runs
 
-        return FinetuneConfig(lr=self.resolved_lr(hidden_size), epochs=self.epochs,
-                              batch_size=self.batch_size,
-                              warmup_fraction=self.warmup_fraction,
-                              weight_decay=self.weight_decay,
-                              pooling=self.pooling)  # fmt: skip
+        return FinetuneConfig(
+            lr=self.resolved_lr(hidden_size),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            warmup_fraction=self.warmup_fraction,
+            weight_decay=self.weight_decay,
+            pooling=self.pooling,
+        )
 
     def task_seeds(self, task: TaskSpec, train_examples: int) -> list[int]:
         """The seeds a task is fine-tuned with: its own count, else this config's, else the

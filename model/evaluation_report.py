@@ -28,8 +28,17 @@ INTRINSIC = (  # (key, label, higher is better)
     ("perplexity", "perplexity", False),
     ("nsp_acc", "NSP/SOP accuracy", True),
 )
-TRAINING_FIELDS = ("preset", "max_steps", "batch_size", "accumulate", "lr", "schedule",
-                   "warmup_steps", "precision", "seed")  # fmt: skip
+TRAINING_FIELDS = (
+    "preset",
+    "max_steps",
+    "batch_size",
+    "accumulate",
+    "lr",
+    "schedule",
+    "warmup_steps",
+    "precision",
+    "seed",
+)
 BASELINE_LABELS = {"tfidf": "TF-IDF", "random-init": "random init"}
 
 
@@ -49,8 +58,10 @@ def spread(summary: dict[str, Any]) -> str:
         return fmt(summary["median"])
     # Evaluations made before the mean was stored have their runs, which give it.
     mean = summary.get("mean", float(np.mean(summary["runs"])))
-    return (f"{fmt(summary['median'])} ({fmt(summary['min'])}–{fmt(summary['max'])}), "
-            f"{fmt(mean)} ± {fmt(summary['std'])}")  # fmt: skip
+    return (
+        f"{fmt(summary['median'])} ({fmt(summary['min'])}–{fmt(summary['max'])}), "
+        f"{fmt(mean)} ± {fmt(summary['std'])}"
+    )
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -102,8 +113,9 @@ def lineage_section(
             lines.append(f"{indent}  - raw inputs: {len(node['inputs'])} files")
 
     walk(lineage(store, model.id), 0)
-    recipe = ", ".join(f"{k} {model.config[k]}" for k in TRAINING_FIELDS
-                       if model.config.get(k) is not None)  # fmt: skip
+    recipe = ", ".join(
+        f"{k} {model.config[k]}" for k in TRAINING_FIELDS if model.config.get(k) is not None
+    )
     s = model.stats
     lines += [
         "",
@@ -136,12 +148,17 @@ def downstream_section(
     head, rows = downstream_table(tasks, config)
     lines += [*markdown_table(head, rows, text_columns=3), "", *selection_lines(tasks)]
     recipe = {**config, "lr": lr}
-    lines += ["Fine-tuning: " + ", ".join(
-        f"{k} {recipe.get(k)}" for k in ("epochs", "lr", "batch_size", "pooling",
-                                         "max_train_examples", "dev_fraction")
-        if recipe.get(k) is not None
-    ) + "; examples per split, truncation and every run's dev scores per epoch in "
-        "`results.json`.", ""]  # fmt: skip
+    lines += [
+        "Fine-tuning: "
+        + ", ".join(
+            f"{k} {recipe.get(k)}"
+            for k in ("epochs", "lr", "batch_size", "pooling", "max_train_examples", "dev_fraction")
+            if recipe.get(k) is not None
+        )
+        + "; examples per split, truncation and every run's dev scores per epoch in "
+        "`results.json`.",
+        "",
+    ]
     return lines
 
 
@@ -180,11 +197,16 @@ def selection_lines(tasks: dict[str, Any]) -> list[str]:
         if selection is None:  # evaluations from before model selection kept the last epoch
             continue
         dev = task.get("dev")
-        how = (f"the best dev {task['primary']} on {dev['examples']:,} training examples held "
-               f"out (the {task['evaluation_split']} split chose nothing)" if dev
-               else "the last epoch (no dev split)")  # fmt: skip
-        kept = "; ".join(f"{BASELINE_LABELS.get(label, label)} {', '.join(map(str, epochs))}"
-                         for label, epochs in selection["epochs"].items())  # fmt: skip
+        how = (
+            f"the best dev {task['primary']} on {dev['examples']:,} training examples held "
+            f"out (the {task['evaluation_split']} split chose nothing)"
+            if dev
+            else "the last epoch (no dev split)"
+        )
+        kept = "; ".join(
+            f"{BASELINE_LABELS.get(label, label)} {', '.join(map(str, epochs))}"
+            for label, epochs in selection["epochs"].items()
+        )
         lines.append(f"- {name}: each run kept the epoch with {how}. Epochs kept: {kept}.")
     return [*lines, ""] if lines else []
 
@@ -229,10 +251,12 @@ def previous_evaluation(store: ArtifactStore, manifest: Manifest) -> Manifest | 
     """The latest other evaluation of the same task set made before this one."""
     key = manifest.layout.get("task_set")
     earlier = [
-        m for m in store.list("evaluation")
-        if m.id != manifest.id and m.layout.get("task_set") == key
+        m
+        for m in store.list("evaluation")
+        if m.id != manifest.id
+        and m.layout.get("task_set") == key
         and (m.created, m.id) < (manifest.created, manifest.id)
-    ]  # fmt: skip
+    ]
     return earlier[-1] if earlier else None
 
 
@@ -277,8 +301,10 @@ def comparison_markdown(previous: Manifest | None, current: Manifest) -> str:
     ]
     before, after = headline_metrics(previous), headline_metrics(current)
     for c in changes(previous, current):
-        lines.append(f"| {c.metric} | {before[c.metric].cell} | {after[c.metric].cell} | "
-                     f"{c.delta:+.4f} | {c.verdict} |")  # fmt: skip
+        lines.append(
+            f"| {c.metric} | {before[c.metric].cell} | {after[c.metric].cell} | "
+            f"{c.delta:+.4f} | {c.verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -316,20 +342,41 @@ def metric_rows(stats: dict[str, Any]) -> list[dict[str, str]]:
     intrinsic = stats.get("intrinsic", {})
     for key, label, _ in INTRINSIC:
         if key in intrinsic:
-            rows.append({"task": "intrinsic", "split": "validation shards", "metric": label,
-                         "seeds": "", "pretrained": fmt(intrinsic[key], key), "mean": "",
-                         "std": "", "min": "", "max": "", "baselines": ""})  # fmt: skip
+            rows.append(
+                {
+                    "task": "intrinsic",
+                    "split": "validation shards",
+                    "metric": label,
+                    "seeds": "",
+                    "pretrained": fmt(intrinsic[key], key),
+                    "mean": "",
+                    "std": "",
+                    "min": "",
+                    "max": "",
+                    "baselines": "",
+                }
+            )
     for name, task in stats.get("tasks", {}).items():
         for metric in task["metrics"]:
             m = task["model"][metric]
-            refs = "; ".join(f"{BASELINE_LABELS.get(b, b)} {spread(v[metric])}"
-                             for b, v in task["baselines"].items())  # fmt: skip
-            rows.append({
-                "task": name, "split": task["evaluation_split"], "metric": metric,
-                "seeds": str(len(m["runs"])), "pretrained": fmt(m["median"]),
-                "mean": fmt(m.get("mean", float(np.mean(m["runs"])))), "std": fmt(m["std"]),
-                "min": fmt(m["min"]), "max": fmt(m["max"]), "baselines": refs,
-            })  # fmt: skip
+            refs = "; ".join(
+                f"{BASELINE_LABELS.get(b, b)} {spread(v[metric])}"
+                for b, v in task["baselines"].items()
+            )
+            rows.append(
+                {
+                    "task": name,
+                    "split": task["evaluation_split"],
+                    "metric": metric,
+                    "seeds": str(len(m["runs"])),
+                    "pretrained": fmt(m["median"]),
+                    "mean": fmt(m.get("mean", float(np.mean(m["runs"])))),
+                    "std": fmt(m["std"]),
+                    "min": fmt(m["min"]),
+                    "max": fmt(m["max"]),
+                    "baselines": refs,
+                }
+            )
     return rows
 
 
@@ -364,18 +411,29 @@ def plot_curves(
         for label, runs in by_label.items():
             if runs and runs[0]:
                 xs, ys = zip(*runs[0], strict=True)
-                right.plot(xs, ys, linestyle="-" if label == "pretrained" else "--",
-                           label=f"{task} ({label})")  # fmt: skip
+                right.plot(
+                    xs,
+                    ys,
+                    linestyle="-" if label == "pretrained" else "--",
+                    label=f"{task} ({label})",
+                )
     right.set(title="fine-tuning (first seed)", xlabel="step", ylabel="training loss")
     for task, by_label in epoch_scores.items():
         for label, runs in by_label.items():
             if runs and runs[0]:
                 medians = [float(v) for v in np.median(np.asarray(runs), axis=0)]
-                scores.plot(range(1, len(medians) + 1), medians, marker="o",
-                            linestyle="-" if label == "pretrained" else "--",
-                            label=f"{task} {primary[task]} ({label})")  # fmt: skip
-    scores.set(title="dev split after each epoch (evaluation split if none)", xlabel="epoch",
-               ylabel="metric (median over seeds)")  # fmt: skip
+                scores.plot(
+                    range(1, len(medians) + 1),
+                    medians,
+                    marker="o",
+                    linestyle="-" if label == "pretrained" else "--",
+                    label=f"{task} {primary[task]} ({label})",
+                )
+    scores.set(
+        title="dev split after each epoch (evaluation split if none)",
+        xlabel="epoch",
+        ylabel="metric (median over seeds)",
+    )
     for ax in (left, right, scores):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -156,8 +156,12 @@ def finetune(
     started = time.monotonic()
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    optim = OptimConfig(lr=config.lr, warmup_steps=round(config.warmup_fraction * total),
-                        max_steps=total, weight_decay=config.weight_decay)  # fmt: skip
+    optim = OptimConfig(
+        lr=config.lr,
+        warmup_steps=round(config.warmup_fraction * total),
+        max_steps=total,
+        weight_decay=config.weight_decay,
+    )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         if device.type == "cuda":
@@ -174,8 +178,9 @@ def finetune(
             for pick in _batches(order.permutation(len(train)), config.batch_size):
                 batch = _to(collate(train, pick, problem), device)
                 with _autocast(device):
-                    logits = model(batch["input_ids"], batch["token_type_ids"],
-                                   batch["attention_mask"])  # fmt: skip
+                    logits = model(
+                        batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+                    )
                 loss = task_loss(logits, batch["labels"], problem)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -189,8 +194,9 @@ def finetune(
                     window = []
                 on_step()
             if dev is None or dev_score is None:  # no selection: the last epoch is kept
-                run.predictions = predict(model, evaluation, problem, device,
-                                          config.eval_batch_size)  # fmt: skip
+                run.predictions = predict(
+                    model, evaluation, problem, device, config.eval_batch_size
+                )
                 run.epoch_scores.append(score(run.predictions))
                 run.selected_epoch = epoch
             else:

@@ -27,8 +27,9 @@ def validation_dataset(
     manifest = store.require(shards_id, kind="shards")
     if int(manifest.stats.get("validation", {}).get("examples", 0)) == 0:
         return None
-    probe = ShardDataset(store.url, shards_id, "validation", validation_config(1), rank=0,
-                         world_size=1)  # fmt: skip
+    probe = ShardDataset(
+        store.url, shards_id, "validation", validation_config(1), rank=0, world_size=1
+    )
     batch = min(batch_size, probe.fewest_per_rank())
     config = validation_config(batch, VALIDATION_SEED)
     return ShardDataset(store.url, shards_id, "validation", config, rank=0, world_size=1)
@@ -57,8 +58,9 @@ def intrinsic_metrics(
         if max_batches is not None and index >= max_batches:
             break
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                    batch["labels"])  # fmt: skip
+        out = model(
+            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["labels"]
+        )
         logits = out.mlm_logits.float()
         loss_sum += float(F.cross_entropy(logits, out.mlm_targets, reduction="sum"))
         correct += float((logits.argmax(-1) == out.mlm_targets).sum())

@@ -45,8 +45,7 @@ class ModelFacts:
 
     @classmethod
     def of(cls, manifest: Manifest) -> ModelFacts:
-        return cls(manifest.id, manifest.config, manifest.upstream, manifest.layout,
-                   manifest.stats)  # fmt: skip
+        return cls(manifest.id, manifest.config, manifest.upstream, manifest.layout, manifest.stats)
 
 
 def latest_evaluation(store: ArtifactStore, model_id: str) -> Manifest | None:
@@ -61,8 +60,14 @@ def render_model_card(
     """Front matter, then the recipe, the data, the training and the evaluation."""
     phases = training_phases(store, model)
     shards = store.get(model.upstream["shards"])
-    lines = ["---", yaml.safe_dump(front_matter(model, evaluation), sort_keys=False).rstrip(),
-             "---", "", f"# {model.id}", ""]  # fmt: skip
+    lines = [
+        "---",
+        yaml.safe_dump(front_matter(model, evaluation), sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {model.id}",
+        "",
+    ]
     lines += [_summary(model), ""]
     lines += _usage()
     lines += _recipe(model, shards)
@@ -86,8 +91,11 @@ def training_phases(store: ArtifactStore, model: ModelFacts) -> list[ModelFacts]
 def front_matter(model: ModelFacts, evaluation: Manifest | None) -> dict[str, Any]:
     objective = model.layout.get("objective", "none")
     tags = ["bert", "bertflow", "masked-lm"] + ([objective] if objective in OBJECTIVES else [])
-    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "fill-mask",
-                            "tags": tags}  # fmt: skip
+    meta: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "fill-mask",
+        "tags": tags,
+    }
     if evaluation is not None:
         meta["model-index"] = [{"name": model.id, "results": _index_results(evaluation)}]
     return meta
@@ -104,20 +112,25 @@ def _index_results(evaluation: Manifest) -> list[dict[str, Any]]:
             runs = len(summary["runs"])
             label = metric if runs == 1 else f"{metric} (median of {runs} seeds)"
             metrics.append({"type": metric, "value": summary["median"], "name": label})
-        results.append({
-            "task": {"type": "text-classification", "name": kind},
-            "dataset": {"name": name, "type": name, "split": task["evaluation_split"]},
-            "metrics": metrics,
-        })  # fmt: skip
+        results.append(
+            {
+                "task": {"type": "text-classification", "name": kind},
+                "dataset": {"name": name, "type": name, "split": task["evaluation_split"]},
+                "metrics": metrics,
+            }
+        )
     intrinsic, shards = evaluation.stats.get("intrinsic", {}), evaluation.layout.get("shards")
     measured = [(key, label) for key, label, _ in INTRINSIC if key in intrinsic]
     if measured and shards:
-        results.append({
-            "task": {"type": "fill-mask", "name": "Masked language modelling"},
-            "dataset": {"name": f"{shards} validation", "type": shards, "split": "validation"},
-            "metrics": [{"type": key, "value": intrinsic[key], "name": label}
-                        for key, label in measured],
-        })  # fmt: skip
+        results.append(
+            {
+                "task": {"type": "fill-mask", "name": "Masked language modelling"},
+                "dataset": {"name": f"{shards} validation", "type": shards, "split": "validation"},
+                "metrics": [
+                    {"type": key, "value": intrinsic[key], "name": label} for key, label in measured
+                ],
+            }
+        )
     return results
 
 
@@ -125,40 +138,50 @@ def _summary(model: ModelFacts) -> str:
     arch = model.layout.get("architecture", {})
     objective = OBJECTIVES.get(model.layout.get("objective", "none"))
     task = "masked language modelling" + (f" and {objective}" if objective else "")
-    return (f"A BERT encoder ({arch.get('num_layers')} layers, hidden size "
-            f"{arch.get('hidden_size')}) pretrained by bertflow with {task}. Every number on "
-            "this card is read from the manifests of the model's artifacts.")  # fmt: skip
+    return (
+        f"A BERT encoder ({arch.get('num_layers')} layers, hidden size "
+        f"{arch.get('hidden_size')}) pretrained by bertflow with {task}. Every number on "
+        "this card is read from the manifests of the model's artifacts."
+    )
 
 
 def _usage() -> list[str]:
     return [
-        "## Use", "",
+        "## Use",
+        "",
         "```python",
         "from transformers import AutoTokenizer, BertForPreTraining, pipeline",
         "",
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
         'model = BertForPreTraining.from_pretrained("path/to/this/folder")',
         'fill = pipeline("fill-mask", model="path/to/this/folder")',
-        "```", "",
-    ]  # fmt: skip
+        "```",
+        "",
+    ]
 
 
 def _recipe(model: ModelFacts, shards: Manifest | None) -> list[str]:
     arch, stats, config = model.layout.get("architecture", {}), model.stats, model.config
     preset = f"preset `{config['preset']}`: " if config.get("preset") else ""
     rows = [
-        ["architecture", f"BERT, {preset}{arch.get('num_layers')} layers, hidden "
-         f"{arch.get('hidden_size')}, {arch.get('num_heads')} heads, feed-forward "
-         f"{arch.get('intermediate_size')}, {arch.get('max_position_embeddings')} positions, "
-         f"vocabulary {_count(arch.get('vocab_size'))}; {_count(stats.get('parameters'))} "
-         "parameters"],
+        [
+            "architecture",
+            f"BERT, {preset}{arch.get('num_layers')} layers, hidden "
+            f"{arch.get('hidden_size')}, {arch.get('num_heads')} heads, feed-forward "
+            f"{arch.get('intermediate_size')}, {arch.get('max_position_embeddings')} positions, "
+            f"vocabulary {_count(arch.get('vocab_size'))}; {_count(stats.get('parameters'))} "
+            "parameters",
+        ],
         ["objective", _objective(model, shards)],
         ["sequence length", f"{model.layout.get('max_seq_len')} tokens"],
-        ["optimiser", f"AdamW, peak lr {config.get('lr')}, {config.get('schedule')} schedule, "
-         f"{config.get('warmup_steps')} warm-up steps, weight decay {config.get('weight_decay')}"
-         f", gradient clipping {config.get('grad_clip')}"],
+        [
+            "optimiser",
+            f"AdamW, peak lr {config.get('lr')}, {config.get('schedule')} schedule, "
+            f"{config.get('warmup_steps')} warm-up steps, weight decay {config.get('weight_decay')}"
+            f", gradient clipping {config.get('grad_clip')}",
+        ],
         ["precision", str(stats.get("precision"))],
-    ]  # fmt: skip
+    ]
     return ["## Recipe", "", *markdown_table(["", ""], rows, text_columns=2), ""]
 
 
@@ -169,9 +192,11 @@ def _objective(model: ModelFacts, shards: Manifest | None) -> str:
     layout = shards.layout
     rate = model.config.get("mlm_prob") or layout.get("mlm_prob")
     words = "whole words" if layout.get("whole_word") else "WordPiece tokens"
-    masking = (f"masked language modelling: {rate:.0%} of {words}, at most "
-               f"{layout.get('max_predictions')} per sequence, {layout.get('masking')} "
-               "masking")  # fmt: skip
+    masking = (
+        f"masked language modelling: {rate:.0%} of {words}, at most "
+        f"{layout.get('max_predictions')} per sequence, {layout.get('masking')} "
+        "masking"
+    )
     return masking + (f"; {pair}" if pair else "")
 
 
@@ -183,9 +208,11 @@ def _data(store: ArtifactStore, phases: list[ModelFacts]) -> list[str]:
         shards_id = phase.upstream["shards"]
         shards = store.get(shards_id)
         upstream = shards.upstream if shards is not None else {}
-        for role, artifact_id in (("corpus", upstream.get("corpus")),
-                                  ("tokenizer", upstream.get("tokenizer")),
-                                  ("shards", shards_id)):  # fmt: skip
+        for role, artifact_id in (
+            ("corpus", upstream.get("corpus")),
+            ("tokenizer", upstream.get("tokenizer")),
+            ("shards", shards_id),
+        ):
             if artifact_id is None or artifact_id in seen:
                 continue
             seen.add(artifact_id)
@@ -202,39 +229,67 @@ def _contents(manifest: Manifest) -> str:
         sources = ", ".join(map(str, manifest.config.get("sources", [])[:5]))
         more = len(manifest.config.get("sources", [])) - 5
         sources += f" and {more} more" if more > 0 else ""
-        return (f"{_count(docs.get('train'))} train / {_count(docs.get('validation'))} validation "
-                f"documents, {_count(sum(sentences.values()))} sentences, "
-                f"{_count(sum(chars.values()))} characters from {_count(s.get('input_bytes'))} "
-                f"input bytes; sources: {sources}")  # fmt: skip
+        return (
+            f"{_count(docs.get('train'))} train / {_count(docs.get('validation'))} validation "
+            f"documents, {_count(sum(sentences.values()))} sentences, "
+            f"{_count(sum(chars.values()))} characters from {_count(s.get('input_bytes'))} "
+            f"input bytes; sources: {sources}"
+        )
     if manifest.kind == "tokenizer":
         case = "uncased" if manifest.config.get("lowercase") else "cased"
         how = "imported" if s.get("imported_vocab") else "trained"
         return f"WordPiece, {_count(s.get('vocab_size'))} tokens, {case} ({how})"
     train, validation = s.get("train", {}), s.get("validation", {})
-    return (f"{_count(train.get('examples'))} train examples ({_count(train.get('tokens'))} "
-            f"tokens), {_count(validation.get('examples'))} validation examples, at most "
-            f"{manifest.layout.get('max_seq_len')} tokens, {manifest.layout.get('objective')} "
-            "pairs")  # fmt: skip
+    return (
+        f"{_count(train.get('examples'))} train examples ({_count(train.get('tokens'))} "
+        f"tokens), {_count(validation.get('examples'))} validation examples, at most "
+        f"{manifest.layout.get('max_seq_len')} tokens, {manifest.layout.get('objective')} "
+        "pairs"
+    )
 
 
 def _training(store: ArtifactStore, phases: list[ModelFacts]) -> list[str]:
-    head = ["phase", "model", "shards", "hardware", "steps", "global batch", "examples seen",
-            "tokens seen (≈)", "time"]  # fmt: skip
+    head = [
+        "phase",
+        "model",
+        "shards",
+        "hardware",
+        "steps",
+        "global batch",
+        "examples seen",
+        "tokens seen (≈)",
+        "time",
+    ]
     rows = []
     for number, phase in enumerate(phases, 1):
         s = phase.stats
-        rows.append([str(number), f"`{phase.id}`", f"`{phase.upstream['shards']}`",
-                     _hardware(s), _count(s.get("steps")), _count(s.get("global_batch")),
-                     _count(s.get("examples_seen")), _tokens_seen(store, phase),
-                     _duration(s.get("seconds"))])  # fmt: skip
+        rows.append(
+            [
+                str(number),
+                f"`{phase.id}`",
+                f"`{phase.upstream['shards']}`",
+                _hardware(s),
+                _count(s.get("steps")),
+                _count(s.get("global_batch")),
+                _count(s.get("examples_seen")),
+                _tokens_seen(store, phase),
+                _duration(s.get("seconds")),
+            ]
+        )
     lines = ["## Training", "", *markdown_table(head, rows, text_columns=4), ""]
     lines += ["Tokens seen: examples seen times the shards' mean tokens per training example.", ""]
     validation = phases[-1].stats.get("validation", {})
-    scores = [f"{label} {validation[key]:.4f}" for key, label, _ in INTRINSIC
-              if key in validation and key != "perplexity"]  # fmt: skip
+    scores = [
+        f"{label} {validation[key]:.4f}"
+        for key, label, _ in INTRINSIC
+        if key in validation and key != "perplexity"
+    ]
     if scores:
-        lines += [f"Final validation ({_count(validation.get('examples'))} examples): "
-                  f"{', '.join(scores)}.", ""]  # fmt: skip
+        lines += [
+            f"Final validation ({_count(validation.get('examples'))} examples): "
+            f"{', '.join(scores)}.",
+            "",
+        ]
     return lines
 
 
@@ -253,10 +308,14 @@ def _evaluation(model: ModelFacts, evaluation: Manifest | None) -> list[str]:
             "No evaluation of this model was in the store when this card was written: "
             f"`bertflow evaluate --model {model.id} --task ...`, then "
             f"`bertflow export {model.id} --out DIR`, writes one with its scores beside the "
-            "baselines.", "",
-        ]  # fmt: skip
-    lines += [f"From `{evaluation.id}` ({evaluation.created}), the latest evaluation of this "
-              "model in the store.", ""]  # fmt: skip
+            "baselines.",
+            "",
+        ]
+    lines += [
+        f"From `{evaluation.id}` ({evaluation.created}), the latest evaluation of this "
+        "model in the store.",
+        "",
+    ]
     intrinsic = evaluation.stats.get("intrinsic", {})
     rows = [[label, fmt(intrinsic[key], key)] for key, label, _ in INTRINSIC if key in intrinsic]
     if rows:

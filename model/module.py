@@ -52,9 +52,16 @@ PEAK_BF16_FLOPS = (
 PEAK_ENV = "BERTFLOW_PEAK_TFLOPS"
 # Sums kept over a logging window (on the device: no host sync per step), reduced over ranks.
 WINDOW = (
-    "loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_count", "nsp_correct", "examples",
-    "batches", "tokens",
-)  # fmt: skip
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "mlm_correct",
+    "mlm_count",
+    "nsp_correct",
+    "examples",
+    "batches",
+    "tokens",
+)
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -117,9 +124,13 @@ def adamw(
     `fused` is off) over all tensors at once (foreach)."""
     fused = fused and device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
-        parameter_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
-        fused=fused or None, foreach=None if fused else True,
-    )  # fmt: skip
+        parameter_groups(model, o.weight_decay),
+        lr=o.lr,
+        betas=o.betas,
+        eps=o.eps,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
 
 
 class PretrainingModule(L.LightningModule):
@@ -305,8 +316,11 @@ class PretrainingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every rank's generator states (dropout), so a resumed run draws the same masks, and
         its logging window so far; the history of what was logged."""
-        state = {"torch": torch.get_rng_state(), "window": self._window.cpu(),
-                 "window_flops": self._flops}  # fmt: skip
+        state = {
+            "torch": torch.get_rng_state(),
+            "window": self._window.cpu(),
+            "window_flops": self._flops,
+        }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         if dist.is_available() and dist.is_initialized():
@@ -387,10 +401,18 @@ class ShardDataModule(L.LightningDataModule):
 
     def validation_dataset(self) -> ShardDataset | None:
         rank, world = self._slot()
-        probe = ShardDataset(
-            self.store_url, self.shards_id, "validation", validation_config(1), rank=rank,
-            world_size=world,
-        ) if self.has_validation() else None  # fmt: skip
+        probe = (
+            ShardDataset(
+                self.store_url,
+                self.shards_id,
+                "validation",
+                validation_config(1),
+                rank=rank,
+                world_size=world,
+            )
+            if self.has_validation()
+            else None
+        )
         batch = min(self.train.batch_size, probe.fewest_per_rank()) if probe else 0
         if batch < 1:
             return None

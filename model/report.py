@@ -59,8 +59,12 @@ class ProgressPrinter(L.Callback):
         parts = [f"step {step}/{self.max_steps}"]
         parts += [f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "examples"]
         print(" · ".join(parts), flush=True)
-        record = {"step": step, "max_steps": self.max_steps, "metrics": metrics,
-                  "elapsed_s": round(time.monotonic() - self._started, 1)}  # fmt: skip
+        record = {
+            "step": step,
+            "max_steps": self.max_steps,
+            "metrics": metrics,
+            "elapsed_s": round(time.monotonic() - self._started, 1),
+        }
         print(PROGRESS_PREFIX + json.dumps(record), flush=True)
 
     def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
@@ -156,17 +160,28 @@ def publish_model(
         stats = _stats(plan, history, final_validation, seconds, parameters, device, precision)
         (staging / "metrics.json").write_text(json.dumps(stats, indent=2) + "\n")
         config = plan.config.model_dump(mode="json")
-        layout = {"architecture": asdict(plan.architecture), "tokenizer": plan.tokenizer_id,
-                  "checkpoint": "checkpoint/last.ckpt", "hf": "hf", "logs": "logs",
-                  "loss_curve": "loss.png", "objective": plan.shards.layout["objective"],
-                  "max_seq_len": plan.shards.layout["max_seq_len"]}  # fmt: skip
+        layout = {
+            "architecture": asdict(plan.architecture),
+            "tokenizer": plan.tokenizer_id,
+            "checkpoint": "checkpoint/last.ckpt",
+            "hf": "hf",
+            "logs": "logs",
+            "loss_curve": "loss.png",
+            "objective": plan.shards.layout["objective"],
+            "max_seq_len": plan.shards.layout["max_seq_len"],
+        }
         # Rendered before publishing, so without an evaluation; `bertflow export` adds the latest.
         facts = ModelFacts(plan.artifact_id, config, plan.upstream, layout, stats)
         (staging / "hf" / MODEL_CARD_FILE).write_text(render_model_card(store, facts))
         return store.publish(
-            staging, plan.artifact_id, config=config, upstream=plan.upstream, stats=stats,
-            layout=layout, flow_run_id=flow_run_id,
-        )  # fmt: skip
+            staging,
+            plan.artifact_id,
+            config=config,
+            upstream=plan.upstream,
+            stats=stats,
+            layout=layout,
+            flow_run_id=flow_run_id,
+        )
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -218,8 +233,11 @@ def _stats(
 
 def plot_pretraining_losses(ax: Any, history: list[dict[str, float]]) -> None:
     """Train loss, train MLM loss and validation MLM loss against the step, on `ax`."""
-    for key, label in (("train/loss", "train loss (MLM + NSP)"), ("train/mlm_loss", "train MLM"),
-                       ("val/mlm_loss", "validation MLM")):  # fmt: skip
+    for key, label in (
+        ("train/loss", "train loss (MLM + NSP)"),
+        ("train/mlm_loss", "train MLM"),
+        ("val/mlm_loss", "validation MLM"),
+    ):
         points = [(r["step"], r[key]) for r in history if key in r and math.isfinite(r[key])]
         if points:
             xs, ys = zip(*points, strict=True)

@@ -87,10 +87,13 @@ def plan_pretrain(store: ArtifactStore, shards_id: str, config: TrainConfig) -> 
     _check_batch(store, shards_id, config, world_size)
     model_id = artifact_id(
         "model",
-        config={"train": config.identity(), "architecture": asdict(architecture),
-                "world_size": world_size},
+        config={
+            "train": config.identity(),
+            "architecture": asdict(architecture),
+            "world_size": world_size,
+        },
         upstream={"shards": shards_id, **({"init": config.init_from} if config.init_from else {})},
-    )  # fmt: skip
+    )
     return PretrainPlan(config, shards, tokenizer_id, architecture, world_size, model_id)
 
 
@@ -141,8 +144,9 @@ def resolve_world_size(config: TrainConfig) -> int:
 
 def _check_batch(store: ArtifactStore, shards_id: str, config: TrainConfig, world: int) -> None:
     try:
-        ShardDataset(store.url, shards_id, "train", _train_loader_config(config), rank=0,
-                     world_size=world)  # fmt: skip
+        ShardDataset(
+            store.url, shards_id, "train", _train_loader_config(config), rank=0, world_size=world
+        )
     except ValueError as e:
         raise InputError(f"--batch-size: {e}") from None
 
@@ -217,32 +221,53 @@ def train(
     quiet_lightning_logs()
     L.seed_everything(c.seed, workers=True, verbose=False)
     optim = OptimConfig(
-        lr=c.lr, warmup_steps=c.resolved_warmup(), max_steps=c.max_steps, schedule=c.schedule,
-        weight_decay=c.weight_decay, betas=(0.9, c.adam_beta2), eps=c.adam_eps,
-    )  # fmt: skip
+        lr=c.lr,
+        warmup_steps=c.resolved_warmup(),
+        max_steps=c.max_steps,
+        schedule=c.schedule,
+        weight_decay=c.weight_decay,
+        betas=(0.9, c.adam_beta2),
+        eps=c.adam_eps,
+    )
     module = PretrainingModule(
-        asdict(plan.architecture), asdict(optim), nsp=plan.shards.layout["objective"] != "none",
-        compile=c.compile, log_every=c.log_every,
-    )  # fmt: skip
+        asdict(plan.architecture),
+        asdict(optim),
+        nsp=plan.shards.layout["objective"] != "none",
+        compile=c.compile,
+        log_every=c.log_every,
+    )
     if c.init_from and not resume:
         load_weights(store, c.init_from, module.model)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = run_dir / CHECKPOINT_DIR
     last = checkpoints / LAST_CHECKPOINT
     data = ShardDataModule(
-        store.url, plan.shards.id, _train_loader_config(c), num_workers=c.num_workers,
-        pin_memory=torch.cuda.is_available() and c.accelerator != "cpu", seed=c.seed,
+        store.url,
+        plan.shards.id,
+        _train_loader_config(c),
+        num_workers=c.num_workers,
+        pin_memory=torch.cuda.is_available() and c.accelerator != "cpu",
+        seed=c.seed,
         validation_seed=VALIDATION_SEED,
-    )  # fmt: skip
+    )
     validates = data.has_validation()
     trainer = L.Trainer(
-        accelerator=c.accelerator, devices=_devices(c.devices), num_nodes=c.num_nodes,
-        strategy=c.strategy, precision=resolve_precision(c), max_steps=c.max_steps,
-        accumulate_grad_batches=c.accumulate, gradient_clip_val=c.grad_clip or None,
-        val_check_interval=c.val_every * c.accumulate, check_val_every_n_epoch=None,
+        accelerator=c.accelerator,
+        devices=_devices(c.devices),
+        num_nodes=c.num_nodes,
+        strategy=c.strategy,
+        precision=resolve_precision(c),
+        max_steps=c.max_steps,
+        accumulate_grad_batches=c.accumulate,
+        gradient_clip_val=c.grad_clip or None,
+        val_check_interval=c.val_every * c.accumulate,
+        check_val_every_n_epoch=None,
         limit_val_batches=c.val_batches if c.val_batches is not None else 1.0,
-        num_sanity_val_steps=0, log_every_n_steps=1, use_distributed_sampler=False,
-        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
         default_root_dir=run_dir,
         logger=TensorBoardLogger(run_dir / "logs", name="tensorboard", version=""),
         callbacks=[
@@ -250,7 +275,7 @@ def train(
             ProgressPrinter(c.max_steps),
             *callbacks,
         ],
-    )  # fmt: skip
+    )
     ckpt_path = str(last) if resume and last.exists() else None
     started = time.monotonic()
     with _quiet_warnings():
@@ -268,11 +293,17 @@ def train(
     if trainer.global_rank != 0:
         return TrainOutcome(True, trainer.global_step, None)
     published = publish_model(
-        store, plan, run_dir, module, final_validation=final,
-        seconds=time.monotonic() - started, flow_run_id=flow_run_id,
-        parameters=parameter_count(module.model), device=_device_name(module.device),
+        store,
+        plan,
+        run_dir,
+        module,
+        final_validation=final,
+        seconds=time.monotonic() - started,
+        flow_run_id=flow_run_id,
+        parameters=parameter_count(module.model),
+        device=_device_name(module.device),
         precision=str(trainer.precision),
-    )  # fmt: skip
+    )
     return TrainOutcome(True, trainer.global_step, published)
 
 
@@ -325,8 +356,13 @@ class LightningChatter(logging.Filter):
     the terminal and the Prefect run) is the run's own: hardware it does not use, tips to
     install Lightning's cloud products, and the stop at max_steps that our progress shows."""
 
-    NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:",
-             "`Trainer.fit` stopped:")  # fmt: skip
+    NOISE = (
+        "GPU available:",
+        "TPU available:",
+        "HPU available:",
+        "💡 Tip:",
+        "`Trainer.fit` stopped:",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.NOISE)
@@ -408,8 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or default_run_dir(store, plan.artifact_id)
     outcome = train(store, plan, run_dir, resume=args.resume, flow_run_id=args.flow_run_id)
     if outcome.published is not None:
-        print(PROGRESS_PREFIX + json.dumps({"published": outcome.published.manifest.id}),
-              flush=True)  # fmt: skip
+        print(
+            PROGRESS_PREFIX + json.dumps({"published": outcome.published.manifest.id}), flush=True
+        )
     return 0 if outcome.completed else 1
 
 

@@ -18,9 +18,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: Literal["tiny", "mini", "small", "medium", "base", "large"] = Field(
-        "tiny", description="Model size: tiny (2x128), mini (4x256), small (4x512), medium "
+        "tiny",
+        description="Model size: tiny (2x128), mini (4x256), small (4x512), medium "
         "(8x512), base (12x768, BERT-base), large (24x1024).",
-    )  # fmt: skip
+    )
     hidden_size: int | None = Field(None, ge=8, description="Override the preset's hidden size.")
     num_layers: int | None = Field(None, ge=1, description="Override the preset's layer count.")
     num_heads: int | None = Field(None, ge=1, description="Override the preset's head count.")

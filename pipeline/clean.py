@@ -87,10 +87,27 @@ _CJK_END = re.compile(f"[。！？]+[{_CLOSERS}]*")
 # Blingfire makes a lone "Mr." a sentence when it starts a sentence after another one.
 _TITLES = frozenset(
     {
-        "Mr.", "Mrs.", "Ms.", "Dr.", "Prof.", "St.", "Mt.", "Jr.", "Sr.", "Gen.", "Sen.", "Rep.",
-        "Gov.", "Lt.", "Col.", "Capt.", "Rev.", "Hon.", "Sgt.",
+        "Mr.",
+        "Mrs.",
+        "Ms.",
+        "Dr.",
+        "Prof.",
+        "St.",
+        "Mt.",
+        "Jr.",
+        "Sr.",
+        "Gen.",
+        "Sen.",
+        "Rep.",
+        "Gov.",
+        "Lt.",
+        "Col.",
+        "Capt.",
+        "Rev.",
+        "Hon.",
+        "Sgt.",
     }
-)  # fmt: skip
+)
 
 
 def _reattach(pieces: list[str]) -> list[str]:

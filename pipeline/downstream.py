@@ -107,7 +107,11 @@ _ENTAILMENT = ("entailment", "not_entailment")
 GLUE_LAYOUTS: dict[GlueTask, GlueLayout] = {
     "sst2": GlueLayout("sentence", None, "label", _BINARY, ("accuracy",)),
     "cola": GlueLayout(
-        "sentence", None, "label", _BINARY, ("mcc", "accuracy"),
+        "sentence",
+        None,
+        "label",
+        _BINARY,
+        ("mcc", "accuracy"),
         headerless=("source", "label", "original_mark", "sentence"),
     ),
     "mrpc": GlueLayout("#1 String", "#2 String", "Quality", _BINARY, ("f1", "accuracy")),
@@ -117,10 +121,15 @@ GLUE_LAYOUTS: dict[GlueTask, GlueLayout] = {
     "stsb": GlueLayout("sentence1", "sentence2", "score", None, ("pearson", "spearman")),
     "qqp": GlueLayout("question1", "question2", "is_duplicate", _BINARY, ("f1", "accuracy")),
     "mnli": GlueLayout(
-        "sentence1", "sentence2", "gold_label", ("contradiction", "entailment", "neutral"),
-        ("accuracy",), dev_file="dev_matched.tsv", test_file="test_matched.tsv",
+        "sentence1",
+        "sentence2",
+        "gold_label",
+        ("contradiction", "entailment", "neutral"),
+        ("accuracy",),
+        dev_file="dev_matched.tsv",
+        test_file="test_matched.tsv",
     ),
-}  # fmt: skip
+}
 
 
 def task_inputs(spec: TaskSpec) -> list[InputFingerprint]:
@@ -145,10 +154,13 @@ def read_task(spec: TaskSpec) -> TaskData:
 
 def _demo_inputs() -> list[InputFingerprint]:
     return [
-        InputFingerprint(uri=f"demo://sotu/{p.name}", size=p.stat().st_size,
-                         fingerprint="sha256:" + sha256_file(p))
+        InputFingerprint(
+            uri=f"demo://sotu/{p.name}",
+            size=p.stat().st_size,
+            fingerprint="sha256:" + sha256_file(p),
+        )
         for p in demo_task.task_speeches()
-    ]  # fmt: skip
+    ]
 
 
 def _read_demo_task(spec: TaskSpec) -> TaskData:
@@ -257,8 +269,11 @@ def _plan_glue(
     if layout.test_file in files:
         test = _folder_file(fs, files, layout.test_file, spec.path)
         if _glue_file_has_labels(fs, test, layout):  # GLUE's own test files carry no labels
-            dev = _folder_file(fs, files, layout.dev_file, spec.path) if (
-                layout.dev_file in files) else None  # fmt: skip
+            dev = (
+                _folder_file(fs, files, layout.dev_file, spec.path)
+                if (layout.dev_file in files)
+                else None
+            )
             return _Plan(fs, "tsv", task, task, train, test, "test", dev)
     if layout.dev_file in files:
         dev = _folder_file(fs, files, layout.dev_file, spec.path)
@@ -286,9 +301,14 @@ def _plan_split_files(
     for split in EVALUATION_SPLITS:
         if f"{split}{ext}" in files:
             evaluation = _folder_file(fs, files, f"{split}{ext}", spec.path)
-            dev = next((_folder_file(fs, files, f"{d}{ext}", spec.path)
-                        for d in EVALUATION_SPLITS[1:] if split == "test" and f"{d}{ext}" in files),
-                       None)  # fmt: skip
+            dev = next(
+                (
+                    _folder_file(fs, files, f"{d}{ext}", spec.path)
+                    for d in EVALUATION_SPLITS[1:]
+                    if split == "test" and f"{d}{ext}" in files
+                ),
+                None,
+            )
             return _Plan(fs, fmt, None, PurePosixPath(root).name, train, evaluation, split, dev)
     wanted = ", ".join(f"{s}{ext}" for s in EVALUATION_SPLITS)
     raise InputError(f"{spec.path}: train{ext} needs one of {wanted} beside it (files: {found})")

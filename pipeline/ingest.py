@@ -110,13 +110,17 @@ def build_corpus(
 
         reduce_tasks = [
             _ReduceTask(
-                spill_dir, split, bucket, str(out_dir / split / f"part-{bucket:05d}.parquet"),
+                spill_dir,
+                split,
+                bucket,
+                str(out_dir / split / f"part-{bucket:05d}.parquet"),
                 exclude=frozenset(i for i in promoted if _bucket(i, plan.buckets[split]) == bucket)
-                if split == "train" else frozenset(),
+                if split == "train"
+                else frozenset(),
             )
             for split in SPLITS
             for bucket in range(plan.buckets[split])
-        ]  # fmt: skip
+        ]
         reduced: list[_ReduceResult] = run_tasks(_reduce_bucket, reduce_tasks, config.workers, None)
 
     stats = _stats(plan, tally, reduced, len(promoted), time.monotonic() - started)
@@ -186,8 +190,9 @@ class _MapResult:
 def _map_files(task: _MapTask, report: Callable[[int, int, int], None]) -> _MapResult:
     config = task.config
     limits = SentenceLimits(config.min_sentence_chars, config.max_sentence_chars)
-    options = ReaderOptions(config.text_field, config.doc_split, config.doc_separator,
-                            config.max_undecodable_fraction)  # fmt: skip
+    options = ReaderOptions(
+        config.text_field, config.doc_split, config.doc_separator, config.max_undecodable_fraction
+    )
     threshold = int(config.validation_fraction * 2**64)
     result = _MapResult()
     spill = _SpillWriter(Path(task.spill_dir), task.index)

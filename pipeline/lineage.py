@@ -110,7 +110,11 @@ def render(tree: dict[str, Any]) -> str:
 
 
 def _render(
-    node: dict[str, Any], prefix: str, is_last: bool, is_root: bool, lines: list[str],
+    node: dict[str, Any],
+    prefix: str,
+    is_last: bool,
+    is_root: bool,
+    lines: list[str],
     shown: set[str],
 ) -> None:
     """One node and its subtree; a node already drawn (a corpus under both the shards and

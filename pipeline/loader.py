@@ -121,11 +121,18 @@ class LoaderConfig:
             (self.length_bins is None or self.length_bins >= 1, "length_bins", "must be >= 1"),
             (self.masking in (None, "dynamic", "static"), "masking", "must be dynamic/static"),
             (self.mlm_prob is None or 0 < self.mlm_prob < 1, "mlm_prob", "must be in (0, 1)"),
-            (not static or overrides == (None, None), "masking", "static takes no mlm_prob or "
-             "whole_word (stored masks are what they are); use masking='dynamic'"),
-            (not static or self.fixed_masking_seed is None, "masking", "static cannot go with "
-             "fixed_masking_seed, which masks dynamically"),
-        ]  # fmt: skip
+            (
+                not static or overrides == (None, None),
+                "masking",
+                "static takes no mlm_prob or "
+                "whole_word (stored masks are what they are); use masking='dynamic'",
+            ),
+            (
+                not static or self.fixed_masking_seed is None,
+                "masking",
+                "static cannot go with fixed_masking_seed, which masks dynamically",
+            ),
+        ]
         for ok, field, message in checks:
             if not ok:
                 raise ValueError(f"LoaderConfig.{field} {message} (got {getattr(self, field)!r})")

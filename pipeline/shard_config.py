@@ -19,18 +19,22 @@ class ShardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_seq_len: int = Field(
-        128, ge=16, le=8192,
+        128,
+        ge=16,
+        le=8192,
         description="Tokens per example, specials included (at least 16: [CLS] A [SEP] B [SEP] "
         "needs room for two segments).",
-    )  # fmt: skip
+    )
     short_seq_prob: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of documents given a random shorter target length."
     )
     dupe_factor: int | None = Field(
-        None, ge=1, le=100,
+        None,
+        ge=1,
+        le=100,
         description="Passes over the corpus, each pairing sentences anew (default: 1 with dynamic "
         "masking, 5 with static).",
-    )  # fmt: skip
+    )
     objective: Literal["nsp", "sop", "none"] = Field(
         "nsp", description="Next-sentence, sentence-order (ALBERT) or no pair objective (RoBERTa)."
     )
@@ -52,15 +56,18 @@ class ShardConfig(BaseModel):
         32, ge=1, description="Batch size the padding statistic assumes (not stored in shards)."
     )
     length_bins: int = Field(
-        1, ge=1, le=64,
+        1,
+        ge=1,
+        le=64,
         description="LDDL-style length bins the loader batches within, so batches pad little "
         "(1: none). Recorded for the loader, which groups each shuffle block by bin.",
-    )  # fmt: skip
+    )
     seed: int = Field(12345, description="Base seed of every random choice.")
     workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1,
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
         description="Worker processes; the output does not depend on it.",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _defaults(self) -> ShardConfig:

@@ -155,7 +155,7 @@ def build_shards(
                 parts,
                 config,
                 spill,
-            )  # fmt: skip
+            )
             for split in SPLITS
             for index, (path, group, part, parts) in enumerate(
                 _map_slices(store, plan.corpus, split)
@@ -318,7 +318,7 @@ def _map_file(task: _MapTask, report: Report) -> _MapResult:
                     rng,
                     cls_id,
                     sep_id,
-                )  # fmt: skip
+                )
             )
         writer.add(examples, dupe, offset, result)
     writer.close()
@@ -356,8 +356,15 @@ def _tokenized_documents(store: ArtifactStore, task: _MapTask, tokenizer: Tokeni
 class _PieceWriter:
     """Appends examples to the spill pieces of one corpus file, one Arrow file per shard."""
 
-    def __init__(self, spill: Path, split: Split, file_index: int, n_shards: int,
-                 config: ShardConfig, tokenizer: Tokenizer):  # fmt: skip
+    def __init__(
+        self,
+        spill: Path,
+        split: Split,
+        file_index: int,
+        n_shards: int,
+        config: ShardConfig,
+        tokenizer: Tokenizer,
+    ):
         self.config = config
         self.vocab_size = tokenizer.get_vocab_size()
         self.schema = shard_schema(self.vocab_size, config.masking == "static")
@@ -371,10 +378,13 @@ class _PieceWriter:
                 [tokenizer.id_to_token(i) for i in range(self.vocab_size)]
             )
             self.rule = MaskingRule(
-                mask_id=tokenizer.token_to_id("[MASK]"), special=special,
-                continuation=continuation, mlm_prob=config.mlm_prob,
-                max_predictions=int(config.max_predictions or 1), whole_word=config.whole_word,
-            )  # fmt: skip
+                mask_id=tokenizer.token_to_id("[MASK]"),
+                special=special,
+                continuation=continuation,
+                mlm_prob=config.mlm_prob,
+                max_predictions=int(config.max_predictions or 1),
+                whole_word=config.whole_word,
+            )
 
     def add(self, examples: list[Example], dupe: int, offset: int, result: _MapResult) -> None:
         if not examples:
@@ -385,10 +395,11 @@ class _PieceWriter:
             flat_ids.extend(example[0])  # a C loop per example, not a Python one per token
         flat = np.frombuffer(flat_ids, dtype=self.np_token)
         columns = {
-            "input_ids": flat, "lengths": lengths,
+            "input_ids": flat,
+            "lengths": lengths,
             "segment_a_len": np.fromiter((e[1] for e in examples), np.uint16, len(examples)),
             "next_sentence_label": np.fromiter((e[2] for e in examples), np.int8, len(examples)),
-        }  # fmt: skip
+        }
         if self.config.masking == "static":
             self._mask(columns, dupe, result)
         _tally(result, columns)
@@ -564,10 +575,15 @@ def _write_shard(task: _WriteTask, report: Report) -> _WriteResult:
     lengths = table.column("num_tokens").to_numpy()
     report(0, 1, 0)
     return _WriteResult(
-        task.split, task.shard, str(path), table.num_rows, int(lengths.sum()),
-        padding_share(lengths, task.config.batch_size, task.config.length_bins,
-                      task.config.max_seq_len),
-    )  # fmt: skip
+        task.split,
+        task.shard,
+        str(path),
+        table.num_rows,
+        int(lengths.sum()),
+        padding_share(
+            lengths, task.config.batch_size, task.config.length_bins, task.config.max_seq_len
+        ),
+    )
 
 
 def _read_piece(folder: Path, shard: int, file: int) -> pa.Table:
@@ -625,7 +641,7 @@ def _stats(plan: ShardPlan, mapped: list[_MapResult], written: list[_WriteResult
                 f"{i * HISTOGRAM_BIN}-{(i + 1) * HISTOGRAM_BIN - 1}": n
                 for i, n in enumerate(histogram)
                 if n
-            },  # fmt: skip
+            },
             "masked_share": (
                 round(sum(r.masked for r in results) / max(1, sum(r.maskable for r in results)), 4)
                 if config.masking == "static"

@@ -343,8 +343,13 @@ def write_tokenizer_files(tokenizer: Tokenizer, config: TokenizerConfig, folder:
     (folder / "vocab.txt").write_text(
         "".join(f"{token}\n" for token in sorted(vocab, key=vocab.__getitem__)), encoding="utf-8"
     )
-    specials = {"pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP,
-                "mask_token": MASK}  # fmt: skip
+    specials = {
+        "pad_token": PAD,
+        "unk_token": UNK,
+        "cls_token": CLS,
+        "sep_token": SEP,
+        "mask_token": MASK,
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
     tokenizer_config = {
         "tokenizer_class": "BertTokenizer",

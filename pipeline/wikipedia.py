@@ -37,11 +37,26 @@ DROPPED_SECTIONS = frozenset(
 # Tags whose content is not running prose; the text of all other tags (<b>, <i>, <span>, ...) stays.
 DROPPED_TAGS = frozenset(
     {
-        "ref", "references", "gallery", "math", "chem", "ce", "score", "timeline", "imagemap",
-        "graph", "mapframe", "maplink", "templatedata", "syntaxhighlight", "source", "pre",
-        "table", "includeonly",
+        "ref",
+        "references",
+        "gallery",
+        "math",
+        "chem",
+        "ce",
+        "score",
+        "timeline",
+        "imagemap",
+        "graph",
+        "mapframe",
+        "maplink",
+        "templatedata",
+        "syntaxhighlight",
+        "source",
+        "pre",
+        "table",
+        "includeonly",
     }
-)  # fmt: skip
+)
 _BREAKING_TAGS = {"li": "\n\n", "dt": "\n\n", "dd": "\n\n", "hr": "\n\n", "br": "\n"}
 _DISAMBIGUATION = re.compile(
     r"\{\{\s*(?:disambiguation|disambig|dab|disamb|hndis|geodis|set[ _]index[ _]article)\s*[|}]",

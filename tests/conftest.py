@@ -103,9 +103,11 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> TinyShards:
         store, corpus.manifest.id, TokenizerConfig(vocab_size=2000, limit_alphabet=200)
     )
     shards = make_shards(
-        store, corpus.manifest.id, tokenizer.manifest.id,
+        store,
+        corpus.manifest.id,
+        tokenizer.manifest.id,
         ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, workers=1),
-    )  # fmt: skip
+    )
     return TinyShards(store.url, corpus.manifest.id, tokenizer.manifest.id, shards.manifest.id)
 
 
@@ -114,10 +116,19 @@ def tiny_training(**changes: Any) -> Any:
     from bertflow.model.train import TrainConfig
 
     fields = dict(
-        preset="tiny", max_steps=12, batch_size=16, lr=1e-3, warmup_steps=2, log_every=2,
-        val_every=6, val_batches=4, checkpoint_every=6, num_workers=0, accelerator="cpu",
+        preset="tiny",
+        max_steps=12,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=2,
+        val_every=6,
+        val_batches=4,
+        checkpoint_every=6,
+        num_workers=0,
+        accelerator="cpu",
         devices="1",
-    )  # fmt: skip
+    )
     return TrainConfig(**{**fields, **changes})
 
 
@@ -161,13 +172,23 @@ def tiny_pipeline(store_url: str, task_folder: Any, **changes: Any) -> Any:
         store=store_url,
         ingest=IngestConfig(sources=["demo-small"], validation_fraction=0.1, workers=1),
         tokenizer=TokenizerConfig(vocab_size=2000, limit_alphabet=200),
-        phases=[Phase(shard=ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2,
-                                        workers=1),
-                      pretrain=tiny_training())],
-        evaluate=EvaluateConfig(tasks=[TaskSpec(path=str(task))], seeds=1, epochs=1,
-                                batch_size=16, baselines=["tfidf"], device="cpu",
-                                intrinsic_max_batches=2, max_seq_len=32),
-    )  # fmt: skip
+        phases=[
+            Phase(
+                shard=ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, workers=1),
+                pretrain=tiny_training(),
+            )
+        ],
+        evaluate=EvaluateConfig(
+            tasks=[TaskSpec(path=str(task))],
+            seeds=1,
+            epochs=1,
+            batch_size=16,
+            baselines=["tfidf"],
+            device="cpu",
+            intrinsic_max_batches=2,
+            max_seq_len=32,
+        ),
+    )
     return PipelineConfig(**{**fields, **changes})
 
 

@@ -50,13 +50,17 @@ def bertflow_serve(folder: Path, config: Any, *options: str) -> Iterator[Path]:
 
     path, log = folder / "served.yaml", folder / "serve.log"
     path.write_text(to_yaml(config))
-    env = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-           "BERTFLOW_RUNS": str(folder / "runs")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "BERTFLOW_RUNS": str(folder / "runs"),
+    }
     argv = [sys.executable, "-m", "bertflow.flows.cli", "serve", "--config", str(path), *options]
     started = datetime.now(UTC)
     with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         # Registered by this process: a deployment of the same name may be an earlier serve's.
         def registered() -> bool:
@@ -89,8 +93,10 @@ class PrefectRecords:
     """What the server holds, read through Prefect's own client."""
 
     def artifacts(self, flow_run_id: UUID, kind: str) -> list[Artifact]:
-        found = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
-                               type=ArtifactFilterType(any_=[kind]))  # fmt: skip
+        found = ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            type=ArtifactFilterType(any_=[kind]),
+        )
         with get_client(sync_client=True) as client:
             return client.read_artifacts(artifact_filter=found)
 

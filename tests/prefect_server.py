@@ -37,8 +37,17 @@ class PrefectServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 180.0) -> None:
-        argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                "--port", str(self.port)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
                 argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

@@ -8,9 +8,13 @@ from pathlib import Path
 
 
 def write_toy_task(path: Path, rows: int) -> Path:
-    path.write_text("".join(
-        json.dumps({"text": f"the nation saw {'peace' if i % 2 else 'war'} in {i}",
-                    "label": i % 2}) + "\n"
-        for i in range(rows)
-    ))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"text": f"the nation saw {'peace' if i % 2 else 'war'} in {i}", "label": i % 2}
+            )
+            + "\n"
+            for i in range(rows)
+        )
+    )
     return path

@@ -31,8 +31,13 @@ sys.exit(code)
 def run_fresh(*argv: str) -> tuple[int, list[str], str]:
     """(exit code, heavy modules loaded, stdout) of `bertflow ARGV` in a new interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    done = subprocess.run([sys.executable, "-c", RUN_AND_LIST, *argv], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     last = done.stdout.rstrip().splitlines()[-1]
     assert last.startswith("heavy: "), done.stdout + done.stderr
     return done.returncode, json.loads(last.removeprefix("heavy: ")), done.stdout
@@ -48,8 +53,15 @@ def evaluated(tiny_shards, tiny_model, tmp_path_factory) -> tuple[str, str]:
     folder = tmp_path_factory.mktemp("cli-imports")
     shutil.copytree(tiny_shards.store_url, folder / "store")
     task = write_toy_task(folder / "task.jsonl", 40)
-    config = EvaluateConfig(tasks=[TaskSpec(path=str(task))], seeds=1, epochs=1, baselines=[],
-                            intrinsic_max_batches=1, max_seq_len=32, device="cpu")  # fmt: skip
+    config = EvaluateConfig(
+        tasks=[TaskSpec(path=str(task))],
+        seeds=1,
+        epochs=1,
+        baselines=[],
+        intrinsic_max_batches=1,
+        max_seq_len=32,
+        device="cpu",
+    )
     store = ArtifactStore(str(folder / "store"))
     return store.url, run_evaluation(store, tiny_model, config).manifest.id
 
@@ -59,18 +71,26 @@ def subcommands() -> list[str]:
     return sorted(commands.choices)
 
 
-@pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in subcommands())],
-                         ids=" ".join)  # fmt: skip
+@pytest.mark.parametrize(
+    "argv", [["--help"], *([c, "--help"] for c in subcommands())], ids=" ".join
+)
 def test_help_imports_nothing_heavy(argv):
     code, heavy, out = run_fresh(*argv)
     assert code == 0 and "usage: bertflow" in out
     assert heavy == []
 
 
-@pytest.mark.parametrize("command", [
-    "artifacts ls", "artifacts show {id}", "artifacts verify {id}", "lineage {id}",
-    "evaluate --show {id}", "evaluate --compare {id} {id}",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [
+        "artifacts ls",
+        "artifacts show {id}",
+        "artifacts verify {id}",
+        "lineage {id}",
+        "evaluate --show {id}",
+        "evaluate --compare {id} {id}",
+    ],
+)
 def test_reading_the_store_imports_nothing_heavy(evaluated, command):
     store_url, evaluation = evaluated
     code, heavy, out = run_fresh("--store", store_url, *command.format(id=evaluation).split())

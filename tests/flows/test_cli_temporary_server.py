@@ -25,8 +25,10 @@ def test_a_server_that_misses_its_limit_is_a_clear_error(tmp_path):
     done = subprocess.run(
         [*BERTFLOW, "--store", str(store), "ingest", "demo-small", "--workers", "1"],
         env=no_server_env(tmp_path, **{STARTUP_TIMEOUT_ENV: "0"}),  # Prefect waits 0 s
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.splitlines()
     starting = [line for line in lines if "starting a temporary Prefect server" in line]
@@ -44,9 +46,12 @@ def test_the_default_limit_is_raised(tmp_path):
     """The announcement comes before Prefect loads; the process is stopped right after it."""
     process = subprocess.Popen(
         [*BERTFLOW, "--store", str(tmp_path / "store"), "ingest", "demo-small"],
-        env=no_server_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+        env=no_server_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         first = process.stderr.readline()
     finally:
@@ -60,8 +65,10 @@ def test_a_limit_prefect_cannot_read_is_named(tmp_path):
     done = subprocess.run(
         [*BERTFLOW, "--store", str(tmp_path / "store"), "ingest", "demo-small"],
         env=no_server_env(tmp_path, **{STARTUP_TIMEOUT_ENV: "0.5"}),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.startswith(f"bertflow ingest: error: {STARTUP_TIMEOUT_ENV}='0.5': ")
 
@@ -78,8 +85,10 @@ def test_a_server_that_does_not_answer_is_a_clear_error(tmp_path):
     done = subprocess.run(
         [*BERTFLOW, "--store", str(store), "ingest", "demo-small", "--workers", "1"],
         env={**no_server_env(tmp_path), "PREFECT_API_URL": url},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"bertflow ingest: error: the Prefect server at {url} did not answer")

@@ -28,8 +28,15 @@ def task_file(folder: Path) -> Path:
 
 
 def config(folder: Path, **changes) -> EvaluateConfig:
-    fields = dict(tasks=[TaskSpec(path=str(task_file(folder)))], seeds=2, epochs=1,
-                  batch_size=16, device="cpu", intrinsic_max_batches=2, max_seq_len=32)  # fmt: skip
+    fields = dict(
+        tasks=[TaskSpec(path=str(task_file(folder)))],
+        seeds=2,
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        intrinsic_max_batches=2,
+        max_seq_len=32,
+    )
     return EvaluateConfig(**{**fields, **changes})
 
 
@@ -37,15 +44,20 @@ def test_flow_publishes_report_table_and_progress_then_reruns_cached(
     tiny_shards, tiny_model, tmp_path, prefect_records
 ):
     store = ArtifactStore(tiny_shards.store_url)
-    state = evaluate_flow(tiny_model, config=config(tmp_path), store_url=store.url,
-                          return_state=True)  # fmt: skip
+    state = evaluate_flow(
+        tiny_model, config=config(tmp_path), store_url=store.url, return_state=True
+    )
     result = state.result()
     assert result.kind == "evaluation" and not result.cached
     assert result.upstream == {"model": tiny_model}
 
     report = prefect_records.keyed(result.id).data
-    for upstream in (tiny_model, tiny_shards.shards_id, tiny_shards.tokenizer_id,
-                     tiny_shards.corpus_id):  # fmt: skip
+    for upstream in (
+        tiny_model,
+        tiny_shards.shards_id,
+        tiny_shards.tokenizer_id,
+        tiny_shards.corpus_id,
+    ):
         assert upstream in report
     assert "| tiny-task | test (12) | accuracy |" in report
     assert "Compared with the previous evaluation" in report
@@ -53,8 +65,10 @@ def test_flow_publishes_report_table_and_progress_then_reruns_cached(
     table = prefect_records.keyed(f"{result.id}-metrics")
     rows = json.loads(table.data)
     assert {(r["task"], r["metric"]) for r in rows} >= {
-        ("intrinsic", "MLM loss"), ("tiny-task", "accuracy"), ("tiny-task", "f1"),
-    }  # fmt: skip
+        ("intrinsic", "MLM loss"),
+        ("tiny-task", "accuracy"),
+        ("tiny-task", "f1"),
+    }
     progress = prefect_records.artifacts(state.state_details.flow_run_id, "progress")
     assert [a.data for a in progress] == [100.0]
 
@@ -64,17 +78,34 @@ def test_flow_publishes_report_table_and_progress_then_reruns_cached(
     assert f"Previous: `{result.id}`" in compared
     assert "| tiny-task accuracy |" in compared
 
-    again = evaluate_flow(tiny_model, config=config(tmp_path), store_url=store.url,
-                          return_state=True)  # fmt: skip
+    again = evaluate_flow(
+        tiny_model, config=config(tmp_path), store_url=store.url, return_state=True
+    )
     assert again.result().cached and again.result().id == result.id
     assert prefect_records.artifacts(again.state_details.flow_run_id, "progress") == []
 
 
 def test_cli_evaluates_prints_the_table_then_compares(tiny_shards, tiny_model, tmp_path, capsys):
     spec = f"path={task_file(tmp_path)},name=cli-task"
-    argv = ["--store", tiny_shards.store_url, "evaluate", "--model", tiny_model, "--task", spec,
-            "--seeds", "1", "--epochs", "1", "--device", "cpu", "--intrinsic-max-batches", "1",
-            "--baselines", "tfidf"]  # fmt: skip
+    argv = [
+        "--store",
+        tiny_shards.store_url,
+        "evaluate",
+        "--model",
+        tiny_model,
+        "--task",
+        spec,
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--intrinsic-max-batches",
+        "1",
+        "--baselines",
+        "tfidf",
+    ]
     assert main([*argv, "--json"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["kind"] == "evaluation"
@@ -85,8 +116,9 @@ def test_cli_evaluates_prints_the_table_then_compares(tiny_shards, tiny_model, t
     assert "cli-task accuracy" in out and first["id"] in out  # beside the previous evaluation
     second = next(w for w in out.split() if w.startswith("evaluation-") and w != first["id"])
 
-    assert main(["--store", tiny_shards.store_url, "evaluate", "--compare", first["id"],
-                 second]) == 0  # fmt: skip
+    assert (
+        main(["--store", tiny_shards.store_url, "evaluate", "--compare", first["id"], second]) == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["metric", first["id"], second]
     assert any(line.startswith("cli-task accuracy") for line in lines)
@@ -96,8 +128,10 @@ def test_cli_names_bad_input(tiny_shards, tiny_model, tmp_path, capsys):
     store = ["--store", tiny_shards.store_url]
     assert main([*store, "evaluate", "--model", tiny_shards.shards_id]) == 1
     assert "is a shards artifact, not a model artifact" in capsys.readouterr().err
-    assert main([*store, "evaluate", "--model", tiny_model, "--task",
-                 str(tmp_path / "absent.csv")]) == 1  # fmt: skip
+    assert (
+        main([*store, "evaluate", "--model", tiny_model, "--task", str(tmp_path / "absent.csv")])
+        == 1
+    )
     assert "absent.csv" in capsys.readouterr().err
     assert main([*store, "evaluate", "--model", tiny_model, "--seeds", "0"]) == 2
     assert "--seeds" in capsys.readouterr().err

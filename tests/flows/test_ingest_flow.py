@@ -180,11 +180,23 @@ def test_a_write_that_fails_ends_in_one_error_line_and_publishes_nothing(tmp_pat
     store, temp = tmp_path / "store", tmp_path / "tmp"
     temp.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "bertflow.flows.cli", "--store", str(store), "ingest",
-         "demo-small", "--workers", "1"],
-        env={**os.environ, "TMPDIR": str(temp)}, preexec_fn=limit_file_size,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bertflow.flows.cli",
+            "--store",
+            str(store),
+            "ingest",
+            "demo-small",
+            "--workers",
+            "1",
+        ],
+        env={**os.environ, "TMPDIR": str(temp)},
+        preexec_fn=limit_file_size,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     said = "bertflow ingest: error: File too large: "

@@ -81,8 +81,12 @@ def test_every_stage_runs_then_a_rerun_is_cached_and_changes_rerun_only_downstre
     # The pipeline run's own page follows the stages: its progress, and a line per stage.
     [progress] = prefect_records.artifacts(run_id, "progress")
     assert progress.data == 100.0 and progress.description == "pipeline: all stages done"
-    logs = poll(lambda: len(stage_lines(prefect_records, run_id)) == 10 and stage_lines(
-        prefect_records, run_id), 30)  # the logs reach the server in batches  # fmt: skip
+    logs = poll(
+        lambda: (
+            len(stage_lines(prefect_records, run_id)) == 10 and stage_lines(prefect_records, run_id)
+        ),
+        30,
+    )  # the logs reach the server in batches
     assert logs and logs[:2] == ["stage 1/5 ingest: started", logs[1]]
     assert logs[1].startswith(f"stage 1/5 ingest: {first.stages['ingest'].id} made in ")
     assert logs[-1].startswith(f"stage 5/5 evaluate: {first.evaluation.id} made in ")
@@ -91,21 +95,41 @@ def test_every_stage_runs_then_a_rerun_is_cached_and_changes_rerun_only_downstre
     again = again_state.result()
     assert all(s.cached for s in again.stages.values())
     again_id = again_state.state_details.flow_run_id
-    again_logs = poll(lambda: len(stage_lines(prefect_records, again_id)) == 10 and stage_lines(
-        prefect_records, again_id), 30)  # fmt: skip
+    again_logs = poll(
+        lambda: (
+            len(stage_lines(prefect_records, again_id)) == 10
+            and stage_lines(prefect_records, again_id)
+        ),
+        30,
+    )
     assert f"stage 4/5 pretrain-1: {first.stages['pretrain-1'].id} cached in " in " ".join(
-        again_logs or [])
+        again_logs or []
+    )
     assert {n: s.id for n, s in again.stages.items()} == {n: s.id for n, s in first.stages.items()}
 
-    longer = config.model_copy(update={"phases": [config.phases[0].model_copy(update={
-        "pretrain": config.phases[0].pretrain.model_copy(update={"max_steps": 14})})]})
+    longer = config.model_copy(
+        update={
+            "phases": [
+                config.phases[0].model_copy(
+                    update={
+                        "pretrain": config.phases[0].pretrain.model_copy(update={"max_steps": 14})
+                    }
+                )
+            ]
+        }
+    )
     retrained = pretraining_pipeline(config=longer)
     assert {n: s.cached for n, s in retrained.stages.items()} == {
-        "ingest": True, "tokenizer": True, "shard-1": True, "pretrain-1": False, "evaluate": False,
-    }  # fmt: skip
+        "ingest": True,
+        "tokenizer": True,
+        "shard-1": True,
+        "pretrain-1": False,
+        "evaluate": False,
+    }
 
-    other_corpus = config.model_copy(update={"ingest": config.ingest.model_copy(
-        update={"validation_fraction": 0.2})})  # fmt: skip
+    other_corpus = config.model_copy(
+        update={"ingest": config.ingest.model_copy(update={"validation_fraction": 0.2})}
+    )
     reingested = pretraining_pipeline(config=other_corpus)
     assert not any(s.cached for s in reingested.stages.values())
 
@@ -126,8 +150,15 @@ def test_a_failed_stage_fails_the_run_keeps_earlier_artifacts_and_the_rerun_resu
     store = ArtifactStore(str(tmp_path / "store"))
     good = pipeline_config(store.url, tmp_path)
     phase = good.phases[0]
-    bad = good.model_copy(update={"phases": [phase.model_copy(update={
-        "pretrain": phase.pretrain.model_copy(update={"batch_size": 100_000})})]})
+    bad = good.model_copy(
+        update={
+            "phases": [
+                phase.model_copy(
+                    update={"pretrain": phase.pretrain.model_copy(update={"batch_size": 100_000})}
+                )
+            ]
+        }
+    )
     state = pretraining_pipeline(config=bad, return_state=True)
     assert state.is_failed()
     with pytest.raises(InputError, match="--batch-size"):
@@ -140,8 +171,12 @@ def test_a_failed_stage_fails_the_run_keeps_earlier_artifacts_and_the_rerun_resu
 
     resumed = pretraining_pipeline(config=good)
     assert {n: s.cached for n, s in resumed.stages.items()} == {
-        "ingest": True, "tokenizer": True, "shard-1": True, "pretrain-1": False, "evaluate": False,
-    }  # fmt: skip
+        "ingest": True,
+        "tokenizer": True,
+        "shard-1": True,
+        "pretrain-1": False,
+        "evaluate": False,
+    }
     assert resumed.stages["ingest"].id == kept["corpus"]
 
 
@@ -173,8 +208,9 @@ def test_ingesting_a_new_corpus_emits_an_event_saying_who_ingested_it(pipeline_c
     assert ingest_flow(config=alone_config, store_url=store.url).cached
     assert len(corpus_events(alone.id, timeout_s=2)) == 1  # a cached corpus is not news
 
-    other = config.model_copy(update={"ingest": config.ingest.model_copy(
-        update={"min_sentence_chars": 4})})  # fmt: skip
+    other = config.model_copy(
+        update={"ingest": config.ingest.model_copy(update={"min_sentence_chars": 4})}
+    )
     run = pretraining_pipeline(config=other)
     events = corpus_events(run.stages["ingest"].id)
     assert [e.resource["bertflow.origin"] for e in events] == ["pipeline"]
@@ -210,15 +246,26 @@ def test_a_second_phase_trains_longer_sequences_from_the_first_phases_model(
     store = ArtifactStore(str(tmp_path / "store"))
     config = pipeline_config(store.url, tmp_path)
     first = config.phases[0]
-    second = first.model_copy(update={
-        "shard": first.shard.model_copy(update={"max_seq_len": 96}),
-        "pretrain": first.pretrain.model_copy(update={"max_steps": 6, "batch_size": 8}),
-    })  # fmt: skip
+    second = first.model_copy(
+        update={
+            "shard": first.shard.model_copy(update={"max_seq_len": 96}),
+            "pretrain": first.pretrain.model_copy(update={"max_steps": 6, "batch_size": 8}),
+        }
+    )
     result = pretraining_pipeline(config=config.model_copy(update={"phases": [first, second]}))
-    assert list(result.stages) == ["ingest", "tokenizer", "shard-1", "pretrain-1", "shard-2",
-                                   "pretrain-2", "evaluate"]  # fmt: skip
+    assert list(result.stages) == [
+        "ingest",
+        "tokenizer",
+        "shard-1",
+        "pretrain-1",
+        "shard-2",
+        "pretrain-2",
+        "evaluate",
+    ]
     phase_two = store.require(result.stages["pretrain-2"].id)
-    assert phase_two.upstream == {"shards": result.stages["shard-2"].id,
-                                  "init": result.stages["pretrain-1"].id}  # fmt: skip
+    assert phase_two.upstream == {
+        "shards": result.stages["shard-2"].id,
+        "init": result.stages["pretrain-1"].id,
+    }
     assert store.require(result.stages["shard-2"].id).layout["max_seq_len"] == 96
     assert result.evaluation.upstream == {"model": phase_two.id}

@@ -28,10 +28,16 @@ from bertflow.pipeline.store import ArtifactStore
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 MODEL_FILES = {
-    "checkpoint/last.ckpt", "hf/config.json", "hf/model.safetensors", "hf/vocab.txt",
-    "hf/tokenizer.json", "hf/tokenizer_config.json", "logs/metrics.csv", "loss.png",
+    "checkpoint/last.ckpt",
+    "hf/config.json",
+    "hf/model.safetensors",
+    "hf/vocab.txt",
+    "hf/tokenizer.json",
+    "hf/tokenizer_config.json",
+    "logs/metrics.csv",
+    "loss.png",
     "metrics.json",
-}  # fmt: skip
+}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # The flow in a process of its own, as a Prefect worker would run it: argv is
@@ -72,9 +78,12 @@ def test_flow_publishes_the_model_with_records_and_progress_then_reruns_cached(
     store = ArtifactStore(tiny_shards.store_url)
     config = training_config(seed=7)  # an id no other test trains
     state = pretrain_flow(
-        tiny_shards.shards_id, config=config, store_url=store.url,
-        run_dir=str(tmp_path / "run"), return_state=True,
-    )  # fmt: skip
+        tiny_shards.shards_id,
+        config=config,
+        store_url=store.url,
+        run_dir=str(tmp_path / "run"),
+        return_state=True,
+    )
     result = state.result()
     flow_run_id = state.state_details.flow_run_id
     assert result.kind == "model" and not result.cached
@@ -101,15 +110,21 @@ def test_flow_publishes_the_model_with_records_and_progress_then_reruns_cached(
     lines = poll(lambda: len(trainer_lines()) >= 6 and trainer_lines(), 30)
     assert lines and lines[0].startswith("step 2/12 · loss"), lines
     assert any(line.startswith("validation at step 12: ") for line in lines), lines
-    chatter = [m for m in log_messages(flow_run_id) if m.startswith(LightningChatter.NOISE)
-               or "deprecated" in m or "weights_only" in m]  # fmt: skip
+    chatter = [
+        m
+        for m in log_messages(flow_run_id)
+        if m.startswith(LightningChatter.NOISE) or "deprecated" in m or "weights_only" in m
+    ]
     assert chatter == []  # the log is the run's own, not Lightning's tips and notices
 
     started = time.monotonic()
     again = pretrain_flow(
-        tiny_shards.shards_id, config=config, store_url=store.url,
-        run_dir=str(tmp_path / "again"), return_state=True,
-    )  # fmt: skip
+        tiny_shards.shards_id,
+        config=config,
+        store_url=store.url,
+        run_dir=str(tmp_path / "again"),
+        return_state=True,
+    )
     assert again.result().cached and again.result().id == result.id
     assert time.monotonic() - started < 15
     assert not (tmp_path / "again").exists()  # no training was launched
@@ -135,9 +150,12 @@ def test_a_bad_config_fails_the_flow_before_any_work_naming_the_field(
     models_before = {m.id for m in store.list(kind="model")}
     started = time.monotonic()
     state = pretrain_flow(
-        tiny_shards.shards_id, config=training_config(**change), store_url=store.url,
-        run_dir=str(tmp_path / "run"), return_state=True,
-    )  # fmt: skip
+        tiny_shards.shards_id,
+        config=training_config(**change),
+        store_url=store.url,
+        run_dir=str(tmp_path / "run"),
+        return_state=True,
+    )
     assert state.is_failed()
     with pytest.raises(InputError, match=named):
         state.result()
@@ -191,13 +209,21 @@ def running_flow(tiny_shards, training_config, tmp_path) -> Iterator[RunningFlow
     write to its closed stdout can end it before the mechanism under test does. Whatever is left
     at the end is killed."""
     store = ArtifactStore(tiny_shards.store_url)
-    config = training_config(max_steps=100_000, log_every=100_000, val_every=100_000,
-                             checkpoint_every=100_000)  # fmt: skip
+    config = training_config(
+        max_steps=100_000, log_every=100_000, val_every=100_000, checkpoint_every=100_000
+    )
     artifact_id = plan_pretrain(store, tiny_shards.shards_id, config).artifact_id
     run_dir, output = tmp_path / "run", tmp_path / "flow.log"
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
-    argv = [sys.executable, "-c", FLOW_SCRIPT, tiny_shards.shards_id, store.url, str(run_dir),
-            config.model_dump_json()]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-c",
+        FLOW_SCRIPT,
+        tiny_shards.shards_id,
+        store.url,
+        str(run_dir),
+        config.model_dump_json(),
+    ]
     with open(output, "wb") as out:
         flow = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     trainer: list[psutil.Process] = []

@@ -80,8 +80,13 @@ def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served,
     assert done.state.is_completed(), served["log"].read_text()[-3000:]
     [evaluation] = store.list("evaluation")
     assert [t["seeds"] for t in evaluation.stats["tasks"].values()] == [[0, 1]]
-    assert {m.kind for m in store.list()} == {"corpus", "tokenizer", "shards", "model",
-                                              "evaluation"}  # fmt: skip
+    assert {m.kind for m in store.list()} == {
+        "corpus",
+        "tokenizer",
+        "shards",
+        "model",
+        "evaluation",
+    }
     [summary] = prefect_records.artifacts(run.id, "markdown")
     assert evaluation.id in summary.data and "| no |" in summary.data
     report = prefect_records.keyed(evaluation.id).data
@@ -138,6 +143,7 @@ def test_turning_the_schedule_on_makes_runs_that_the_served_process_completes(
     with get_client(sync_client=True) as client:
         client.update_deployment_schedule(pipeline.id, schedule.id, active=True)
         try:
+
             def scheduled() -> list[Any]:
                 return [r for r in prefect_records.runs_of(pipeline.id) if r.auto_scheduled]
 

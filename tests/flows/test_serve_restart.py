@@ -57,17 +57,31 @@ class Serving:
 
     def __init__(self, api_url: str, config: Path, store_url: str, folder: Path):
         self.folder, self.config = folder, config
-        self.env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-                    STORE_ENV: store_url, "BERTFLOW_RUNS": str(folder / "runs")}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            STORE_ENV: store_url,
+            "BERTFLOW_RUNS": str(folder / "runs"),
+        }
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
         log = self.folder / f"serve-{len(self.processes)}.log"
-        argv = [sys.executable, "-m", "bertflow.flows.cli", "serve", "--config", str(self.config),
-                "--schedule-active", "--automation"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "bertflow.flows.cli",
+            "serve",
+            "--config",
+            str(self.config),
+            "--schedule-active",
+            "--automation",
+        ]
         with open(log, "wb") as out:
-            process = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.processes.append((process, log))
         return process
 
@@ -105,8 +119,9 @@ def long_pipeline(pipeline_config: Any, tmp_path: Path) -> PipelineConfig:
     """The tiny pipeline, with training long enough to be cancelled while it runs."""
     config = pipeline_config(ArtifactStore(str(tmp_path / "store")).url, tmp_path)
     fields = config.model_dump(mode="json")
-    fields["phases"][0]["pretrain"].update(max_steps=100_000, val_every=100_000,
-                                           checkpoint_every=100_000)  # fmt: skip
+    fields["phases"][0]["pretrain"].update(
+        max_steps=100_000, val_every=100_000, checkpoint_every=100_000
+    )
     return PipelineConfig.model_validate(fields)
 
 

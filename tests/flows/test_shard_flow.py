@@ -42,8 +42,20 @@ def test_cli_shard_json_and_lineage_down_to_raw_inputs(upstream, tmp_path, capsy
         linked_store(tmp_path / "s", upstream[0], *upstream[1:]),
         *upstream[1:],
     )
-    argv = ["--store", store.url, "shard", "--corpus", corpus_id, "--tokenizer", tokenizer_id,
-            "--max-seq-len", "64", "--num-shards", "4", "--json"]  # fmt: skip
+    argv = [
+        "--store",
+        store.url,
+        "shard",
+        "--corpus",
+        corpus_id,
+        "--tokenizer",
+        tokenizer_id,
+        "--max-seq-len",
+        "64",
+        "--num-shards",
+        "4",
+        "--json",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["kind"] == "shards" and result["stats"]["train"]["examples"] > 0
@@ -59,8 +71,9 @@ def test_dask_cluster_gives_the_same_shards_as_the_process_pool(upstream, tmp_pa
     pool_store = linked_store(tmp_path / "pool", store, corpus_id, tokenizer_id)
     by_pool = run_shard_flow(store_url=pool_store.url, **params)
     dask_store = linked_store(tmp_path / "dask", store, corpus_id, tokenizer_id)
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None, processes=True) as cluster:  # fmt: skip
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+    ) as cluster:
         by_dask = run_shard_flow(
             dask_address=cluster.scheduler_address, store_url=dask_store.url, **params
         )

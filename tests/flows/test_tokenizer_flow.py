@@ -41,8 +41,19 @@ def test_flow_publishes_tokenizer_with_report_and_reruns_cached(corpus):
 
 def test_cli_tokenizer_cased_json_and_lineage(corpus, capsys):
     store, corpus_id = corpus
-    argv = ["--store", store.url, "tokenizer", "--corpus", corpus_id, "--vocab-size", "1200",
-            "--limit-alphabet", "150", "--cased", "--json"]  # fmt: skip
+    argv = [
+        "--store",
+        store.url,
+        "tokenizer",
+        "--corpus",
+        corpus_id,
+        "--vocab-size",
+        "1200",
+        "--limit-alphabet",
+        "150",
+        "--cased",
+        "--json",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert store.require(result["id"]).config["lowercase"] is False

@@ -305,9 +305,12 @@ def test_sbatch_script_asks_for_one_task_per_gpu_and_requeues() -> None:
 @pytest.mark.parametrize("script", [SBATCH, TORCHRUN], ids=lambda p: p.name)
 def test_launch_script_without_its_settings_fails_naming_them(script: Path) -> None:
     result = subprocess.run(
-        ["bash", str(script)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+        ["bash", str(script)],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
         timeout=10,
-    )  # fmt: skip
+    )
     assert result.returncode != 0
     for name in ("SHARDS_ID", "BERTFLOW_STORE", "RUN_DIR"):
         assert name in result.stderr
@@ -343,8 +346,11 @@ def test_dockerfile_installs_torch_from_its_index_before_the_lock_then_the_proje
     user = [s for s in steps if s.startswith("USER ")]
     assert user and user[-1] not in ("USER root", "USER 0")
     env = " ".join(s for s in steps if s.startswith("ENV "))
-    for setting in ("BERTFLOW_STORE=/data/store", "BERTFLOW_RUNS=/data/runs",
-                    "PREFECT_SERVER_ANALYTICS_ENABLED=false"):  # fmt: skip
+    for setting in (
+        "BERTFLOW_STORE=/data/store",
+        "BERTFLOW_RUNS=/data/runs",
+        "PREFECT_SERVER_ANALYTICS_ENABLED=false",
+    ):
         assert setting in env
 
 

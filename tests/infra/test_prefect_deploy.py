@@ -17,13 +17,22 @@ POOL_TYPES = {"bertflow-process": "process", "bertflow-kubernetes": "kubernetes"
 
 
 def prefect(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", *argv], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_deploy_all_registers_every_deployment_in_the_prefect_file(prefect_server):
-    env = {**os.environ, "BERTFLOW_IMAGE": "registry.example.com/bertflow:test",
-           "BERTFLOW_STORE": "s3://team-bucket/bertflow"}  # fmt: skip
+    env = {
+        **os.environ,
+        "BERTFLOW_IMAGE": "registry.example.com/bertflow:test",
+        "BERTFLOW_STORE": "s3://team-bucket/bertflow",
+    }
     for pool, kind in POOL_TYPES.items():  # the guide's first step: the pools exist
         made = prefect("work-pool", "create", pool, "--type", kind, "--overwrite", env=env)
         assert made.returncode == 0, made.stdout + made.stderr
@@ -40,8 +49,14 @@ def test_deploy_all_registers_every_deployment_in_the_prefect_file(prefect_serve
         assert spec["name"] in registered, f"{spec['name']} was not registered"
         deployment = registered[spec["name"]]
         assert deployment.entrypoint == spec["entrypoint"]
-        assert flows[deployment.flow_id] in {"pretraining-pipeline", "ingest", "tokenizer",
-                                             "shard", "pretrain", "evaluate"}  # fmt: skip
+        assert flows[deployment.flow_id] in {
+            "pretraining-pipeline",
+            "ingest",
+            "tokenizer",
+            "shard",
+            "pretrain",
+            "evaluate",
+        }
         assert deployment.work_pool_name == spec["work_pool"]["name"]
         assert [s.active for s in deployment.schedules] == [
             s["active"] for s in spec.get("schedules", [])

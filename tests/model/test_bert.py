@@ -32,8 +32,12 @@ def batch(padded: bool, seed: int = 0) -> dict[str, torch.Tensor]:
     labels[chosen] = ids[chosen]
     types = torch.zeros_like(ids)
     types[:, 12:] = 1
-    return {"input_ids": ids, "token_type_ids": types * mask, "attention_mask": mask,
-            "labels": labels}  # fmt: skip
+    return {
+        "input_ids": ids,
+        "token_type_ids": types * mask,
+        "attention_mask": mask,
+        "labels": labels,
+    }
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -97,8 +101,9 @@ def test_training_flops_follow_the_stated_formula():
     config = tiny(vocab_size=VOCAB)
     H, F, V, n = 128, 512, 1024, 2
     lengths = torch.tensor([10, 24])
-    per_example = [n * (2 * L * (4 * H * H + 2 * H * F) + 4 * L * L * H) + 2 * H * H + 4 * H
-                   for L in (10, 24)]  # fmt: skip
+    per_example = [
+        n * (2 * L * (4 * H * H + 2 * H * F) + 4 * L * L * H) + 2 * H * H + 4 * H for L in (10, 24)
+    ]
     expected = 3 * (sum(per_example) + 2 * 7 * (H * H + H * V))
     assert training_flops(config, lengths, masked=7) == expected
     doubled = training_flops(config, torch.cat([lengths, lengths]), masked=14)

@@ -89,8 +89,9 @@ def test_intrinsic_metrics_equal_the_models_own_final_validation(tiny_shards, ti
     manifest = store.require(tiny_model)
     network, _ = load_pretrained(store, manifest)
     dataset = validation_dataset(store, tiny_shards.shards_id, batch_size=16)
-    ours = intrinsic_metrics(network, dataset, nsp=True, device=__import__("torch").device("cpu"),
-                             max_batches=4)  # fmt: skip
+    ours = intrinsic_metrics(
+        network, dataset, nsp=True, device=__import__("torch").device("cpu"), max_batches=4
+    )
     theirs = manifest.stats["validation"]
     assert ours["examples"] == theirs["examples"] == 64
     for key in ("mlm_loss", "mlm_acc", "nsp_acc", "perplexity"):
@@ -103,8 +104,12 @@ def test_intrinsic_metrics_do_not_depend_on_the_batch_size(tiny_shards, tiny_mod
     store = ArtifactStore(tiny_shards.store_url)
     network, _ = load_pretrained(store, store.require(tiny_model))
     results = [
-        intrinsic_metrics(network, validation_dataset(store, tiny_shards.shards_id, size),
-                          nsp=True, device=torch.device("cpu"))  # fmt: skip
+        intrinsic_metrics(
+            network,
+            validation_dataset(store, tiny_shards.shards_id, size),
+            nsp=True,
+            device=torch.device("cpu"),
+        )
         for size in (8, 64)
     ]
     total = store.require(tiny_shards.shards_id).stats["validation"]["examples"]
@@ -122,10 +127,13 @@ def evaluated(tiny_shards, tiny_model, tmp_path_factory):
     """One evaluation of a classification and a pair-regression task, and the store it is in."""
     folder = tmp_path_factory.mktemp("tasks")
     tasks = [
-        TaskSpec(path=str(sentiment_csv(folder / "sentiment.csv", 240, seed=1)),
-                 text_field="sentence", label_field="sentiment"),
+        TaskSpec(
+            path=str(sentiment_csv(folder / "sentiment.csv", 240, seed=1)),
+            text_field="sentence",
+            label_field="sentiment",
+        ),
         TaskSpec(path=str(similarity_jsonl(folder / "overlap.jsonl", 200, seed=2, long_every=20))),
-    ]  # fmt: skip
+    ]
     store = ArtifactStore(tiny_shards.store_url)
     config = quick(tasks=tasks)
     published = run_evaluation(store, tiny_model, config)
@@ -165,8 +173,11 @@ def test_too_long_inputs_are_truncated_and_counted(evaluated):
     assert sum(overlap["truncated"].values()) == 10
     assert set(overlap["truncated"]) == {"train", "dev", "evaluation"}
     assert any("truncated" in w and w.startswith("overlap:") for w in manifest.stats["warnings"])
-    assert manifest.stats["tasks"]["sentiment"]["truncated"] == {"train": 0, "dev": 0,
-                                                                 "evaluation": 0}  # fmt: skip
+    assert manifest.stats["tasks"]["sentiment"]["truncated"] == {
+        "train": 0,
+        "dev": 0,
+        "evaluation": 0,
+    }
 
 
 def test_artifact_holds_results_report_with_lineage_and_curves(evaluated, tiny_shards):
@@ -203,10 +214,16 @@ def test_every_summary_has_the_mean_and_std_of_its_runs_and_every_report_shows_t
     assert f"| sentiment | test (48) | accuracy | 2 | {cell} |" in report
     _, rows = comparison_table([manifest])  # --compare, and --show's table beside the previous
     assert ["sentiment accuracy", cell] in rows
-    [row] = [r for r in metric_rows(manifest.stats) if r["task"] == "sentiment"
-             and r["metric"] == "accuracy"]  # fmt: skip
-    assert (row["pretrained"], row["mean"], row["std"]) == (fmt(a["median"]), fmt(a["mean"]),
-                                                            fmt(a["std"]))  # fmt: skip
+    [row] = [
+        r
+        for r in metric_rows(manifest.stats)
+        if r["task"] == "sentiment" and r["metric"] == "accuracy"
+    ]
+    assert (row["pretrained"], row["mean"], row["std"]) == (
+        fmt(a["median"]),
+        fmt(a["mean"]),
+        fmt(a["std"]),
+    )
 
 
 def test_each_run_keeps_its_best_epoch_on_a_dev_split_held_out_of_training(evaluated):
@@ -262,8 +279,15 @@ def test_each_task_runs_its_own_seed_count_else_the_default_for_its_size(
 
 def test_default_seed_counts_are_mosaicberts_on_glue():
     """MosaicBERT fine-tunes RTE, MRPC and STS-B with 5 seeds, SST-2 with 3, the rest with 1."""
-    train_examples = {"rte": 2_490, "mrpc": 3_668, "stsb": 5_749, "sst2": 67_349,
-                      "qnli": 104_743, "qqp": 363_846, "mnli": 392_702}  # fmt: skip
+    train_examples = {
+        "rte": 2_490,
+        "mrpc": 3_668,
+        "stsb": 5_749,
+        "sst2": 67_349,
+        "qnli": 104_743,
+        "qqp": 363_846,
+        "mnli": 392_702,
+    }
     seeds = {task: default_seed_count(n) for task, n in train_examples.items()}
     assert seeds == {"rte": 5, "mrpc": 5, "stsb": 5, "sst2": 3, "qnli": 1, "qqp": 1, "mnli": 1}
 
@@ -274,14 +298,15 @@ def test_evaluation_is_cached_and_byte_identical_when_rerun_elsewhere(
     store, manifest, config = evaluated
     assert run_evaluation(store, tiny_model, config).cached
     copy = tmp_path / "store"
-    shutil.copytree(store.local_path(tiny_model).parents[1], copy,
-                    ignore=shutil.ignore_patterns("evaluation", ".staging", ".locks"))  # fmt: skip
+    shutil.copytree(
+        store.local_path(tiny_model).parents[1],
+        copy,
+        ignore=shutil.ignore_patterns("evaluation", ".staging", ".locks"),
+    )
     other = ArtifactStore(str(copy))
     again = build_and_publish(other, plan_evaluation(other, tiny_model, config)).manifest
     assert again.id == manifest.id
-    assert [(f.path, f.sha256) for f in again.files] == [
-        (f.path, f.sha256) for f in manifest.files
-    ]
+    assert [(f.path, f.sha256) for f in again.files] == [(f.path, f.sha256) for f in manifest.files]
 
 
 def test_comparison_with_the_previous_evaluation_of_the_same_tasks(evaluated, tiny_model):
@@ -309,8 +334,14 @@ def test_comparison_with_the_previous_evaluation_of_the_same_tasks(evaluated, ti
 @pytest.mark.skipif(not SST2.exists(), reason="../shared/data/sst2 is not here")
 def test_sst2_from_its_glue_folder_reports_test_accuracy(tiny_shards, tiny_model):
     store = ArtifactStore(tiny_shards.store_url)
-    config = quick(tasks=[TaskSpec(path=str(SST2))], seeds=1, epochs=1, max_train_examples=1500,
-                   baselines=["tfidf"], intrinsic=False)  # fmt: skip
+    config = quick(
+        tasks=[TaskSpec(path=str(SST2))],
+        seeds=1,
+        epochs=1,
+        max_train_examples=1500,
+        baselines=["tfidf"],
+        intrinsic=False,
+    )
     sst2 = run_evaluation(store, tiny_model, config).manifest.stats["tasks"]["sst2"]
     assert sst2["evaluation_split"] == "test" and sst2["split_origin"] == "files"
     assert sst2["examples"] == {"train": 6920, "evaluation": 1821}
@@ -320,8 +351,15 @@ def test_sst2_from_its_glue_folder_reports_test_accuracy(tiny_shards, tiny_model
     # whole sample
     assert task.dev is not None and sst2["dev"] == {"origin": "files", "examples": len(task.dev)}
     assert sst2["trained_on"] == len(train) == 1500
-    alone = tfidf_baseline(train.texts, None, train.labels, task.evaluation.texts, None,
-                           "classification", seed=config.seed)  # fmt: skip
+    alone = tfidf_baseline(
+        train.texts,
+        None,
+        train.labels,
+        task.evaluation.texts,
+        None,
+        "classification",
+        seed=config.seed,
+    )
     expected = float(np.mean(alone.predictions == task.evaluation.labels))
     assert sst2["baselines"]["tfidf"]["accuracy"]["median"] == pytest.approx(expected)
     assert 0.4 < sst2["model"]["accuracy"]["median"] < 0.9

@@ -105,8 +105,16 @@ def test_sequence_classification_loads_and_fine_tunes(exported):
 
 
 def test_export_of_an_id_that_is_not_a_model_fails_clearly(tiny_shards, tmp_path, capsys):
-    code = main(["--store", tiny_shards.store_url, "export", tiny_shards.shards_id,
-                 "--out", str(tmp_path / "x")])  # fmt: skip
+    code = main(
+        [
+            "--store",
+            tiny_shards.store_url,
+            "export",
+            tiny_shards.shards_id,
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert code == 1
     assert "shards" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -126,13 +134,22 @@ def evaluated_export(tiny_shards, tiny_model, tmp_path_factory):
     """(store, evaluation, folder): the tiny model evaluated in a copy of its store (so this is
     its latest evaluation), then exported."""
     folder = tmp_path_factory.mktemp("card")
-    shutil.copytree(ArtifactStore(tiny_shards.store_url).root, folder / "store",
-                    ignore=shutil.ignore_patterns("evaluation", ".staging", ".locks"))  # fmt: skip
+    shutil.copytree(
+        ArtifactStore(tiny_shards.store_url).root,
+        folder / "store",
+        ignore=shutil.ignore_patterns("evaluation", ".staging", ".locks"),
+    )
     store = ArtifactStore(str(folder / "store"))
     task = write_toy_task(folder / "task.jsonl", 60)
-    config = EvaluateConfig(tasks=[TaskSpec(path=str(task), name="era", seeds=2)], epochs=1,
-                            batch_size=16, baselines=["tfidf"], intrinsic_max_batches=1,
-                            max_seq_len=32, device="cpu")  # fmt: skip
+    config = EvaluateConfig(
+        tasks=[TaskSpec(path=str(task), name="era", seeds=2)],
+        epochs=1,
+        batch_size=16,
+        baselines=["tfidf"],
+        intrinsic_max_batches=1,
+        max_seq_len=32,
+        device="cpu",
+    )
     evaluation = run_evaluation(store, tiny_model, config).manifest
     out = folder / "export"
     assert main(["--store", store.url, "export", tiny_model, "--out", str(out)]) == 0
@@ -182,8 +199,10 @@ def test_the_card_names_the_lineage_with_the_sizes_its_manifests_record(
     assert f"at most {shards.layout['max_seq_len']} tokens" in card
     s = model.stats
     tokens = round(s["examples_seen"] * train["tokens"] / train["examples"])
-    assert (f"| 1 | `{model.id}` | `{shards.id}` | {s['device']} | {s['steps']:,} | "
-            f"{s['global_batch']:,} | {s['examples_seen']:,} | {tokens:,} |") in card  # fmt: skip
+    assert (
+        f"| 1 | `{model.id}` | `{shards.id}` | {s['device']} | {s['steps']:,} | "
+        f"{s['global_batch']:,} | {s['examples_seen']:,} | {tokens:,} |"
+    ) in card
 
 
 def test_transformers_still_loads_the_folder_with_its_card(evaluated_export):

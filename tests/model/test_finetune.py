@@ -34,11 +34,20 @@ def relabel(split: Encoded, labels: np.ndarray) -> Encoded:
 
 def run(train: Encoded, evaluation: Encoded, dev: Encoded | None = None, **kw) -> FinetuneRun:
     return finetune(
-        ARCHITECTURE, None, train, evaluation, problem="classification", num_labels=2,
-        config=CONFIG, seed=7, device=torch.device("cpu"),
-        score=lambda p: accuracy(p, evaluation.labels), dev=dev,
-        dev_score=(lambda p: accuracy(p, dev.labels)) if dev is not None else None, **kw,
-    )  # fmt: skip
+        ARCHITECTURE,
+        None,
+        train,
+        evaluation,
+        problem="classification",
+        num_labels=2,
+        config=CONFIG,
+        seed=7,
+        device=torch.device("cpu"),
+        score=lambda p: accuracy(p, evaluation.labels),
+        dev=dev,
+        dev_score=(lambda p: accuracy(p, dev.labels)) if dev is not None else None,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +68,18 @@ def every_epoch(splits) -> tuple[FinetuneRun, list[np.ndarray]]:
         seen.append(predictions.copy())
         return accuracy(predictions, evaluation.labels)
 
-    plain = finetune(ARCHITECTURE, None, train, evaluation, problem="classification",
-                     num_labels=2, config=CONFIG, seed=7, device=torch.device("cpu"),
-                     score=score)  # fmt: skip
+    plain = finetune(
+        ARCHITECTURE,
+        None,
+        train,
+        evaluation,
+        problem="classification",
+        num_labels=2,
+        config=CONFIG,
+        seed=7,
+        device=torch.device("cpu"),
+        score=score,
+    )
     return plain, seen
 
 
@@ -113,16 +131,35 @@ def test_a_lower_is_better_score_keeps_the_lowest_epoch():
 def test_a_dev_split_without_a_score_is_refused(splits):
     train, evaluation, dev = splits
     with pytest.raises(ValueError, match="dev_score"):
-        finetune(ARCHITECTURE, None, train, evaluation, problem="classification", num_labels=2,
-                 config=CONFIG, seed=7, device=torch.device("cpu"), score=lambda p: 0.0,
-                 dev=dev)  # fmt: skip
+        finetune(
+            ARCHITECTURE,
+            None,
+            train,
+            evaluation,
+            problem="classification",
+            num_labels=2,
+            config=CONFIG,
+            seed=7,
+            device=torch.device("cpu"),
+            score=lambda p: 0.0,
+            dev=dev,
+        )
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_either_pooling_learns_the_cue(splits, pooling):
     train, evaluation, _ = splits
     config = FinetuneConfig(lr=1e-3, epochs=4, batch_size=8, warmup_fraction=0.1, pooling=pooling)
-    learned = finetune(ARCHITECTURE, None, train, evaluation, problem="classification",
-                       num_labels=2, config=config, seed=7, device=torch.device("cpu"),
-                       score=lambda p: accuracy(p, evaluation.labels))  # fmt: skip
+    learned = finetune(
+        ARCHITECTURE,
+        None,
+        train,
+        evaluation,
+        problem="classification",
+        num_labels=2,
+        config=config,
+        seed=7,
+        device=torch.device("cpu"),
+        score=lambda p: accuracy(p, evaluation.labels),
+    )
     assert learned.epoch_scores[-1] >= 0.9, learned.epoch_scores

@@ -200,8 +200,9 @@ def test_run_summary_as_dict_is_plain() -> None:
     as_dict = summary.as_dict()
     runs = as_dict.pop("runs")
     assert runs == pytest.approx([0.5, 0.7])
-    assert as_dict == pytest.approx({"median": 0.6, "mean": 0.6, "min": 0.5, "max": 0.7,
-                                     "std": 0.1})  # fmt: skip
+    assert as_dict == pytest.approx(
+        {"median": 0.6, "mean": 0.6, "min": 0.5, "max": 0.7, "std": 0.1}
+    )
     assert type(runs) is list
     assert all(type(v) is float for v in [*runs, *as_dict.values()])
     assert isinstance(summary, RunSummary)

@@ -149,10 +149,19 @@ def test_two_process_ddp_on_cpu_trains_on_disjoint_data(tiny_shards, training_co
     script.write_text(DDP_SCRIPT)
     config = training_config(devices="2", strategy="ddp", max_steps=4, val_every=2, seed=11)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(script), tiny_shards.store_url, tiny_shards.shards_id, config.model_dump_json(),
-        str(tmp_path / "run"), str(tmp_path),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+        tiny_shards.store_url,
+        tiny_shards.shards_id,
+        config.model_dump_json(),
+        str(tmp_path / "run"),
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -204,11 +213,20 @@ def test_init_from_a_model_of_another_tokenizer_is_refused(tiny_shards, training
     staging.mkdir()
     (staging / "note.txt").write_text("a model trained with another tokenizer")
     other = store.publish(
-        staging, "model-00000000000000000001", config={},
-        layout={"tokenizer": "tokenizer-00000000000000000002",
-                "architecture": {"vocab_size": 2000, "hidden_size": 128, "num_layers": 2,
-                                 "num_heads": 2, "intermediate_size": 512}},
-    ).manifest  # fmt: skip
+        staging,
+        "model-00000000000000000001",
+        config={},
+        layout={
+            "tokenizer": "tokenizer-00000000000000000002",
+            "architecture": {
+                "vocab_size": 2000,
+                "hidden_size": 128,
+                "num_layers": 2,
+                "num_heads": 2,
+                "intermediate_size": 512,
+            },
+        },
+    ).manifest
     with pytest.raises(InputError, match="trained with tokenizer tokenizer-0+2.*shards were made"):
         plan_pretrain(store, tiny_shards.shards_id, training_config(init_from=other.id))
 
@@ -233,8 +251,17 @@ def test_init_from_continues_from_the_models_weights(tiny_shards, tiny_model, tr
 def test_cli_reports_a_bad_option_naming_it(tiny_shards, capsys):
     from bertflow.flows.cli import main
 
-    code = main(["--store", tiny_shards.store_url, "pretrain", "--shards",
-                 tiny_shards.shards_id, "--lr", "-1"])  # fmt: skip
+    code = main(
+        [
+            "--store",
+            tiny_shards.store_url,
+            "pretrain",
+            "--shards",
+            tiny_shards.shards_id,
+            "--lr",
+            "-1",
+        ]
+    )
     assert code == 2 and "--lr" in capsys.readouterr().err
 
 
@@ -283,8 +310,17 @@ def test_training_entry_point_help_lists_the_options():
         [sys.executable, "-m", "bertflow.model.train", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0
-    for option in ("--shards", "--preset", "--max-steps", "--devices", "--num-nodes",
-                   "--strategy", "--precision", "--resume", "--compile"):  # fmt: skip
+    for option in (
+        "--shards",
+        "--preset",
+        "--max-steps",
+        "--devices",
+        "--num-nodes",
+        "--strategy",
+        "--precision",
+        "--resume",
+        "--compile",
+    ):
         assert option in done.stdout
 
 
@@ -330,7 +366,8 @@ def test_mixed_precision_trains_with_gradient_clipping(tiny_shards, training_con
     CUDA run of bench/gpu.py stopped so at its first step); bf16-mixed on the CPU takes the
     same path."""
     store = ArtifactStore(tiny_shards.store_url)
-    config = training_config(max_steps=2, precision="bf16-mixed", grad_clip=1.0, val_every=100,
-                             checkpoint_every=100)  # fmt: skip
+    config = training_config(
+        max_steps=2, precision="bf16-mixed", grad_clip=1.0, val_every=100, checkpoint_every=100
+    )
     outcome = train(store, plan_pretrain(store, tiny_shards.shards_id, config), tmp_path / "run")
     assert outcome.completed and outcome.published.manifest.stats["precision"] == "bf16-mixed"

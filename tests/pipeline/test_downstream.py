@@ -90,12 +90,20 @@ def test_glue_texts_keep_their_quote_characters(tmp_path):
     assert task.train.texts == ['" a film , " he said', 'it "works" .']
 
 
-@pytest.mark.parametrize(("folder", "task_name", "header", "row"), [
-    ("SST-2", "sst2", ["sentence", "label"], ["a b .", "1"]),
-    ("sst_2", "sst2", ["sentence", "label"], ["a b .", "1"]),
-    ("STS-B", "stsb", ["sentence1", "sentence2", "score"], ["a b .", "c d .", "1.5"]),
-    ("qnli", "qnli", ["index", "question", "sentence", "label"], ["0", "a?", "b.", "entailment"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("folder", "task_name", "header", "row"),
+    [
+        ("SST-2", "sst2", ["sentence", "label"], ["a b .", "1"]),
+        ("sst_2", "sst2", ["sentence", "label"], ["a b .", "1"]),
+        ("STS-B", "stsb", ["sentence1", "sentence2", "score"], ["a b .", "c d .", "1.5"]),
+        (
+            "qnli",
+            "qnli",
+            ["index", "question", "sentence", "label"],
+            ["0", "a?", "b.", "entailment"],
+        ),
+    ],
+)
 def test_glue_task_is_inferred_from_folder_name_ignoring_case_and_dashes(
     tmp_path, folder, task_name, header, row
 ):
@@ -114,9 +122,14 @@ def test_glue_task_can_be_named_for_a_folder_of_any_name(tmp_path):
 
 def test_glue_cola_reads_headerless_train_and_dev_and_ignores_unlabelled_test(tmp_path):
     folder = tmp_path / "CoLA"
-    write_tsv(folder / "train.tsv", [["gj04", "1", "", "Our friends won't buy this."],
-                                     ["gj04", "0", "*", "They drank the pub."],
-                                     ["gj04", "1", "", "The \"sailor\" left."]])  # fmt: skip
+    write_tsv(
+        folder / "train.tsv",
+        [
+            ["gj04", "1", "", "Our friends won't buy this."],
+            ["gj04", "0", "*", "They drank the pub."],
+            ["gj04", "1", "", 'The "sailor" left.'],
+        ],
+    )
     write_tsv(folder / "dev.tsv", [["cl03", "0", "*", "Bill ate the."], ["cl03", "1", "", "Ok."]])
     write_tsv(folder / "test.tsv", [["index", "sentence"], ["0", "Bill whistled."]])
     task = read_task(TaskSpec(path=str(folder)))
@@ -130,8 +143,11 @@ def test_glue_cola_reads_headerless_train_and_dev_and_ignores_unlabelled_test(tm
 def test_glue_mrpc_reads_pairs_by_header_name(tmp_path):
     folder = tmp_path / "MRPC"
     header = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
-    rows = [header, ["1", "11", "12", "He said so .", "So he said ."],
-            ["0", "21", "22", "It rained .", "The sun shone ."]]  # fmt: skip
+    rows = [
+        header,
+        ["1", "11", "12", "He said so .", "So he said ."],
+        ["0", "21", "22", "It rained .", "The sun shone ."],
+    ]
     write_tsv(folder / "train.tsv", rows)
     write_tsv(folder / "dev.tsv", [header[::-1], ["Again .", "Once more .", "32", "31", "1"]])
     task = read_task(TaskSpec(path=str(folder)))
@@ -144,8 +160,11 @@ def test_glue_mrpc_reads_pairs_by_header_name(tmp_path):
 def test_glue_stsb_scores_are_regression_even_when_whole_numbers(tmp_path):
     folder = tmp_path / "STS-B"
     header = "index genre filename year old_index source1 source2 sentence1 sentence2 score"
-    rows = [header.split(), ["0", "g", "f", "2012", "1", "s", "s", "A man .", "A guy .", "5.000"],
-            ["1", "g", "f", "2012", "2", "s", "s", "A cat .", "A car .", "0"]]  # fmt: skip
+    rows = [
+        header.split(),
+        ["0", "g", "f", "2012", "1", "s", "s", "A man .", "A guy .", "5.000"],
+        ["1", "g", "f", "2012", "2", "s", "s", "A cat .", "A car .", "0"],
+    ]
     write_tsv(folder / "train.tsv", rows)
     write_tsv(folder / "dev.tsv", rows)
     task = read_task(TaskSpec(path=str(folder)))
@@ -156,8 +175,11 @@ def test_glue_stsb_scores_are_regression_even_when_whole_numbers(tmp_path):
 
 def test_glue_rte_string_labels_take_the_fixed_class_order(tmp_path):
     folder = tmp_path / "RTE"
-    rows = [["index", "sentence1", "sentence2", "label"], ["0", "A b .", "C .", "not_entailment"],
-            ["1", "D e .", "D .", "entailment"]]  # fmt: skip
+    rows = [
+        ["index", "sentence1", "sentence2", "label"],
+        ["0", "A b .", "C .", "not_entailment"],
+        ["1", "D e .", "D .", "entailment"],
+    ]
     write_tsv(folder / "train.tsv", rows)
     write_tsv(folder / "dev.tsv", rows)
     task = read_task(TaskSpec(path=str(folder)))
@@ -167,9 +189,11 @@ def test_glue_rte_string_labels_take_the_fixed_class_order(tmp_path):
 
 def test_glue_mnli_evaluates_on_dev_matched(tmp_path):
     folder = tmp_path / "MNLI"
-    rows = [["index", "genre", "sentence1", "sentence2", "label1", "gold_label"],
-            ["0", "g", "A .", "B .", "neutral", "neutral"],
-            ["1", "g", "C .", "D .", "contradiction", "contradiction"]]  # fmt: skip
+    rows = [
+        ["index", "genre", "sentence1", "sentence2", "label1", "gold_label"],
+        ["0", "g", "A .", "B .", "neutral", "neutral"],
+        ["1", "g", "C .", "D .", "contradiction", "contradiction"],
+    ]
     write_tsv(folder / "train.tsv", rows)
     write_tsv(folder / "dev_matched.tsv", rows)
     write_tsv(folder / "test_matched.tsv", [rows[0][:4], ["0", "g", "E .", "F ."]])
@@ -211,8 +235,10 @@ def test_csv_folder_with_custom_columns_reads_train_and_validation(tmp_path):
 
 def test_folder_evaluation_split_prefers_test_then_dev_then_validation(tmp_path):
     for split in ("train", "validation", "dev"):
-        write_jsonl(tmp_path / "t" / f"{split}.jsonl", [{"text": split, "label": "a"},
-                                                        {"text": split, "label": "b"}])  # fmt: skip
+        write_jsonl(
+            tmp_path / "t" / f"{split}.jsonl",
+            [{"text": split, "label": "a"}, {"text": split, "label": "b"}],
+        )
     assert read_task(TaskSpec(path=str(tmp_path / "t"))).evaluation_split == "dev"
     assert read_task(TaskSpec(path=str(tmp_path / "t"))).dev is None  # dev is evaluated on
     write_jsonl(tmp_path / "t" / "test.jsonl", [{"text": "test", "label": "a"}])
@@ -245,8 +271,10 @@ def test_tsv_file_with_a_text_pair_column_is_a_pair_task(tmp_path):
 
 
 def test_jsonl_folder_reads_string_labels_and_named_pair_field(tmp_path):
-    train = [{"q": f"question {i}", "a": f"answer {i}", "y": ["pos", "neg", "mid"][i % 3]}
-             for i in range(6)]  # fmt: skip
+    train = [
+        {"q": f"question {i}", "a": f"answer {i}", "y": ["pos", "neg", "mid"][i % 3]}
+        for i in range(6)
+    ]
     write_jsonl(tmp_path / "qa" / "train.jsonl", train)
     write_lines(tmp_path / "qa" / "test.jsonl", ['{"q": "q?", "a": "a.", "y": "neg"}', "", " "])
     spec = TaskSpec(path=str(tmp_path / "qa"), text_field="q", text_pair_field="a", label_field="y")
@@ -259,9 +287,13 @@ def test_jsonl_folder_reads_string_labels_and_named_pair_field(tmp_path):
 
 def test_parquet_file_with_fractional_targets_is_regression(tmp_path):
     n = 20
-    table = pa.table({"sentence": [f"s {i}" for i in range(n)],
-                      "other": [f"o {i}" for i in range(n)],
-                      "score": [i / 4 for i in range(n)]})  # fmt: skip
+    table = pa.table(
+        {
+            "sentence": [f"s {i}" for i in range(n)],
+            "other": [f"o {i}" for i in range(n)],
+            "score": [i / 4 for i in range(n)],
+        }
+    )
     pq.write_table(table, tmp_path / "sim.parquet")
     spec = TaskSpec(
         path=str(tmp_path / "sim.parquet"),
@@ -280,9 +312,10 @@ def test_parquet_file_with_fractional_targets_is_regression(tmp_path):
 
 
 def test_whole_number_floats_and_integers_are_classes_sorted_numerically(tmp_path):
-    write_jsonl(tmp_path / "t" / "train.jsonl", [{"text": "a", "label": 10.0},
-                                                 {"text": "b", "label": 2},
-                                                 {"text": "c", "label": 2.0}])  # fmt: skip
+    write_jsonl(
+        tmp_path / "t" / "train.jsonl",
+        [{"text": "a", "label": 10.0}, {"text": "b", "label": 2}, {"text": "c", "label": 2.0}],
+    )
     write_jsonl(tmp_path / "t" / "dev.jsonl", [{"text": "d", "label": 10}])
     task = read_task(TaskSpec(path=str(tmp_path / "t")))
     assert task.problem == "classification" and task.label_names == ["2", "10"]
@@ -291,8 +324,9 @@ def test_whole_number_floats_and_integers_are_classes_sorted_numerically(tmp_pat
 
 def test_explicit_regression_makes_whole_numbers_targets(tmp_path):
     path = reviews_csv(tmp_path / "r.csv", 10)
-    task = read_task(TaskSpec(path=str(path), text_field="body", label_field="stars",
-                              problem="regression"))  # fmt: skip
+    task = read_task(
+        TaskSpec(path=str(path), text_field="body", label_field="stars", problem="regression")
+    )
     assert task.problem == "regression" and task.label_names is None
     assert set(task.train.labels.tolist()) <= {1.0, 2.0, 3.0}
 
@@ -336,9 +370,15 @@ def test_parse_reads_key_value_pairs_with_dashes_or_underscores():
         "path=data/reviews.csv,text-field=body,label_field=stars,name=reviews,test-fraction=0.25,"
         "split_seed=3,problem=regression"
     )
-    assert spec == TaskSpec(path="data/reviews.csv", text_field="body", label_field="stars",
-                            name="reviews", test_fraction=0.25, split_seed=3,
-                            problem="regression")  # fmt: skip
+    assert spec == TaskSpec(
+        path="data/reviews.csv",
+        text_field="body",
+        label_field="stars",
+        name="reviews",
+        test_fraction=0.25,
+        split_seed=3,
+        problem="regression",
+    )
 
 
 def test_identity_holds_every_field_that_shapes_the_data_and_rebuilds_the_spec():
@@ -349,15 +389,18 @@ def test_identity_holds_every_field_that_shapes_the_data_and_rebuilds_the_spec()
     assert spec.model_copy(update={"seeds": 5}).identity() == spec.identity()
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ("path=x.csv,colour=red", r"'path=x.csv,colour=red': unknown key 'colour'"),
-    ("path=x.csv,test_fraction=1.5", r"test_fraction: Input should be less than 1"),
-    ("path=x.csv,split-seed=abc", r"split_seed: Input should be a valid integer"),
-    ("path=x.csv,problem=ranking", r"problem: Input should be"),
-    ("name=x", r"'name=x': no path= key"),
-    ("path=x.csv,name=a,name=b", r"key 'name' is given twice"),
-    ("path=x.csv,format=csv,glue_task=sst2", r"glue_task: only with format 'glue' or 'auto'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("path=x.csv,colour=red", r"'path=x.csv,colour=red': unknown key 'colour'"),
+        ("path=x.csv,test_fraction=1.5", r"test_fraction: Input should be less than 1"),
+        ("path=x.csv,split-seed=abc", r"split_seed: Input should be a valid integer"),
+        ("path=x.csv,problem=ranking", r"problem: Input should be"),
+        ("name=x", r"'name=x': no path= key"),
+        ("path=x.csv,name=a,name=b", r"key 'name' is given twice"),
+        ("path=x.csv,format=csv,glue_task=sst2", r"glue_task: only with format 'glue' or 'auto'"),
+    ],
+)
 def test_parse_rejects_bad_specs_naming_the_spec_and_key(spec, match):
     with pytest.raises(InputError, match=match):
         TaskSpec.parse(spec)
@@ -376,8 +419,11 @@ def test_missing_column_names_file_column_and_existing_columns(tmp_path):
     with pytest.raises(InputError, match=r"r\.csv: no column 'text' \(columns: 'id', 'body', 'st"):
         read_task(TaskSpec(path=str(path)))
     with pytest.raises(InputError, match=r"r\.csv: no column 'second'"):
-        read_task(TaskSpec(path=str(path), text_field="body", text_pair_field="second",
-                           label_field="stars"))  # fmt: skip
+        read_task(
+            TaskSpec(
+                path=str(path), text_field="body", text_pair_field="second", label_field="stars"
+            )
+        )
 
 
 def test_evaluation_file_without_the_train_pair_column_is_rejected(tmp_path):
@@ -402,16 +448,22 @@ def test_undecodable_utf8_names_the_file(tmp_path):
 
 
 def test_jsonl_labels_mixing_numbers_and_strings_show_a_line_of_each(tmp_path):
-    path = write_jsonl(tmp_path / "m.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": 0},
-                                              {"text": "c", "label": "pos"}])  # fmt: skip
-    with pytest.raises(InputError, match=r"m\.jsonl are not all of one kind: a number at "
-                       r".*m\.jsonl:1 \(1\); a string at .*m\.jsonl:3 \('pos'\)"):  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"text": "a", "label": 1}, {"text": "b", "label": 0}, {"text": "c", "label": "pos"}],
+    )
+    with pytest.raises(
+        InputError,
+        match=r"m\.jsonl are not all of one kind: a number at "
+        r".*m\.jsonl:1 \(1\); a string at .*m\.jsonl:3 \('pos'\)",
+    ):
         read_task(TaskSpec(path=str(path)))
 
 
 def test_jsonl_labels_mixing_booleans_and_numbers_are_rejected(tmp_path):
-    path = write_jsonl(tmp_path / "b.jsonl", [{"text": "a", "label": True},
-                                              {"text": "b", "label": 0}])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "b.jsonl", [{"text": "a", "label": True}, {"text": "b", "label": 0}]
+    )
     with pytest.raises(InputError, match=r"a boolean at .*b\.jsonl:1 .*a number at .*b\.jsonl:2"):
         read_task(TaskSpec(path=str(path)))
 
@@ -428,25 +480,40 @@ def test_regression_with_string_labels_is_rejected(tmp_path):
         read_task(TaskSpec(path=str(path), problem="regression"))
 
 
-@pytest.mark.parametrize(("lines", "match"), [
-    (["text,label", "a,x", "b,", "c,y"], r"bad\.csv:3: missing label in column 'label'"),
-    (["text,label", "a,x", " ,y", "c,y"], r"bad\.csv:3: empty text in column 'text'"),
-    (["text,label", "a,x", "b,y,z", "c,y"], r"bad\.csv:3: 3 fields, but the header has 2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (["text,label", "a,x", "b,", "c,y"], r"bad\.csv:3: missing label in column 'label'"),
+        (["text,label", "a,x", " ,y", "c,y"], r"bad\.csv:3: empty text in column 'text'"),
+        (["text,label", "a,x", "b,y,z", "c,y"], r"bad\.csv:3: 3 fields, but the header has 2"),
+    ],
+)
 def test_bad_csv_rows_name_file_and_line(tmp_path, lines, match):
     path = write_lines(tmp_path / "bad.csv", lines + [f"r{i},x" for i in range(5)])
     with pytest.raises(InputError, match=match):
         read_task(TaskSpec(path=str(path)))
 
 
-@pytest.mark.parametrize(("lines", "match"), [
-    (['{"text": "a", "label": "x"}', '{"text": "b", "label": '], r"bad\.jsonl:2: not valid JSON"),
-    (['{"text": "a", "label": "x"}', "", '["b", "y"]'], r"bad\.jsonl:3: a JSON list, not an obj"),
-    (['{"text": "a", "label": "x"}', '{"label": "y"}'], r"bad\.jsonl:2: missing text in column"),
-    (['{"text": 5, "label": "x"}'], r"bad\.jsonl:1: column 'text' holds int 5, not text"),
-    (['{"text": "a", "label": null}'], r"bad\.jsonl:1: missing label"),
-    (['{"text": "a", "label": [1]}'], r"bad\.jsonl:1: label \[1\] is a list"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (
+            ['{"text": "a", "label": "x"}', '{"text": "b", "label": '],
+            r"bad\.jsonl:2: not valid JSON",
+        ),
+        (
+            ['{"text": "a", "label": "x"}', "", '["b", "y"]'],
+            r"bad\.jsonl:3: a JSON list, not an obj",
+        ),
+        (
+            ['{"text": "a", "label": "x"}', '{"label": "y"}'],
+            r"bad\.jsonl:2: missing text in column",
+        ),
+        (['{"text": 5, "label": "x"}'], r"bad\.jsonl:1: column 'text' holds int 5, not text"),
+        (['{"text": "a", "label": null}'], r"bad\.jsonl:1: missing label"),
+        (['{"text": "a", "label": [1]}'], r"bad\.jsonl:1: label \[1\] is a list"),
+    ],
+)
 def test_bad_jsonl_lines_name_file_and_line(tmp_path, lines, match):
     path = write_lines(tmp_path / "bad.jsonl", lines + ['{"text": "c", "label": "y"}'] * 5)
     with pytest.raises(InputError, match=match):

@@ -453,11 +453,15 @@ def test_a_file_mostly_not_utf8_is_refused_and_a_few_bad_bytes_are_replaced(
     tmp_path: Path,
 ) -> None:
     french = ("Le café était déjà fermé. " * 4000).encode("latin-1")  # 5 bad bytes in 26
-    with pytest.raises(InputError, match=r"fr\.txt: not UTF-8 text: .*\(19\.2%, more than "
-                                         r"max_undecodable_fraction 1\.0%\)"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"fr\.txt: not UTF-8 text: .*\(19\.2%, more than "
+        r"max_undecodable_fraction 1\.0%\)",
+    ):
         read(write(tmp_path, "fr.txt", french), "text")
-    docs, tally = read(write(tmp_path, "fr.txt", french), "text",
-                       ReaderOptions(max_undecodable_fraction=0.2))  # fmt: skip
+    docs, tally = read(
+        write(tmp_path, "fr.txt", french), "text", ReaderOptions(max_undecodable_fraction=0.2)
+    )
     assert tally.replaced_chars == 20_000 and docs[0].text.startswith("Le caf\ufffd ")
     english = ("Plain English text, nothing more. " * 3000).encode() + b"\xff" * 20
     docs, tally = read(write(tmp_path, "en.txt", english), "text")

@@ -91,8 +91,12 @@ def test_exact_duplicates_after_normalisation_are_removed_keeping_first_source(t
 
 def test_split_is_by_document_hash_and_stable_when_other_documents_change(tmp_path, store):
     write_docs(tmp_path / "in", 50)
-    config = IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.3,
-                          min_validation_documents=0, workers=1)  # fmt: skip
+    config = IngestConfig(
+        sources=[str(tmp_path / "in")],
+        validation_fraction=0.3,
+        min_validation_documents=0,
+        workers=1,
+    )
     first = ingest(config, store)
     validation = {d for d, _ in iter_documents(store, first.manifest, "validation")}
     write_docs(tmp_path / "in", 5, prefix="extra")  # new documents must not move old ones
@@ -111,13 +115,19 @@ def test_validation_is_topped_up_to_its_minimum_with_the_next_hashes(tmp_path):
     outputs = []
     for workers in (1, 2):
         store = ArtifactStore(str(tmp_path / f"store{workers}"))
-        config = IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.01,
-                              min_validation_documents=12, workers=workers,
-                              target_file_mb=0.002)  # fmt: skip
+        config = IngestConfig(
+            sources=[str(tmp_path / "in")],
+            validation_fraction=0.01,
+            min_validation_documents=12,
+            workers=workers,
+            target_file_mb=0.002,
+        )
         m = ingest(config, store).manifest
         outputs.append(corpus_bytes(store, m.id))
-        ids = {split: [d for d, _ in iter_documents(store, m, split)]
-               for split in ("train", "validation")}  # fmt: skip
+        ids = {
+            split: [d for d, _ in iter_documents(store, m, split)]
+            for split in ("train", "validation")
+        }
     assert outputs[0] == outputs[1]
     assert m.stats["documents"] == {"train": 48, "validation": 12}
     assert m.stats["validation_topped_up"] >= 6 and m.stats["warnings"] == []
@@ -127,12 +137,20 @@ def test_validation_is_topped_up_to_its_minimum_with_the_next_hashes(tmp_path):
 
 def test_validation_minimum_takes_at_most_a_quarter_and_says_so(tmp_path, store):
     write_docs(tmp_path / "in", 20)
-    m = ingest(IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0.01,
-                            min_validation_documents=10, workers=1), store).manifest  # fmt: skip
+    m = ingest(
+        IngestConfig(
+            sources=[str(tmp_path / "in")],
+            validation_fraction=0.01,
+            min_validation_documents=10,
+            workers=1,
+        ),
+        store,
+    ).manifest
     assert m.stats["documents"] == {"train": 15, "validation": 5}
     assert "holds 5 documents, fewer than min_validation_documents 10" in m.stats["warnings"][0]
-    none = ingest(IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0,
-                               workers=1), store).manifest  # fmt: skip
+    none = ingest(
+        IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0, workers=1), store
+    ).manifest
     assert none.stats["documents"]["validation"] == 0 and none.stats["warnings"] == []
 
 

@@ -416,8 +416,11 @@ def test_a_full_pass_moves_the_loader_to_the_next_epoch(lopsided):
     assert loader.state_dict()["epoch"] == 0
     list(loader)
     assert loader.state_dict() | {"order": None} == {
-        "epoch": 1, "batches": 0, "num_workers": None, "order": None
-    }  # fmt: skip
+        "epoch": 1,
+        "batches": 0,
+        "num_workers": None,
+        "order": None,
+    }
 
 
 def test_errors_say_what_is_wrong(nsp, static, module_store):

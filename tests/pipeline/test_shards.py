@@ -82,9 +82,11 @@ def test_static_masking_stores_masks_at_about_15_percent(upstream):
     mask_id = m.layout["special_ids"]["mask"]
     masked_tokens = total = 0
     for ids, positions, originals in zip(
-        table.column("input_ids").to_pylist(), table.column("masked_positions").to_pylist(),
-        table.column("masked_ids").to_pylist(), strict=True,
-    ):  # fmt: skip
+        table.column("input_ids").to_pylist(),
+        table.column("masked_positions").to_pylist(),
+        table.column("masked_ids").to_pylist(),
+        strict=True,
+    ):
         assert len(positions) <= m.layout["max_predictions"] and all(
             0 < p < len(ids) for p in positions
         )
@@ -160,8 +162,14 @@ def test_a_tokenizer_without_bert_special_tokens_is_refused(upstream, tmp_path):
             (staging / f.path).write_bytes((store.local_path(tokenizer_id) / f.path).read_bytes())
         vocab = (staging / "vocab.txt").read_text().splitlines()
         (staging / "vocab.txt").write_text("\n".join(t for t in vocab if t != "[MASK]") + "\n")
-        store.publish(staging, foreign, config={"foreign": True}, upstream=made.upstream,
-                      stats=made.stats, layout=made.layout)  # fmt: skip
+        store.publish(
+            staging,
+            foreign,
+            config={"foreign": True},
+            upstream=made.upstream,
+            stats=made.stats,
+            layout=made.layout,
+        )
     before = shards_in(store)
     with pytest.raises(InputError, match=r"lacks \[MASK\]"):
         make_shards(store, corpus_id, foreign, SMALL)
@@ -170,9 +178,16 @@ def test_a_tokenizer_without_bert_special_tokens_is_refused(upstream, tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("max_seq_len", 8), ("max_seq_len", 100_000), ("mlm_prob", 0.0), ("mlm_prob", 1.5),
-     ("short_seq_prob", -0.1), ("num_shards", 0), ("dupe_factor", 0)],
-)  # fmt: skip
+    [
+        ("max_seq_len", 8),
+        ("max_seq_len", 100_000),
+        ("mlm_prob", 0.0),
+        ("mlm_prob", 1.5),
+        ("short_seq_prob", -0.1),
+        ("num_shards", 0),
+        ("dupe_factor", 0),
+    ],
+)
 def test_config_rejects_out_of_range_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ShardConfig(**{field: value})

@@ -33,8 +33,12 @@ def test_special_tokens_come_first_and_pairs_are_post_processed(corpus_store):
     published = make_tokenizer(store, corpus_id, SMALL)
     tok = load(store, published.manifest.id)
     assert [tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [
-        0, 1, 2, 3, 4
-    ]  # fmt: skip
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
     single = tok.encode("The Congress met.")
     assert single.tokens[0] == "[CLS]" and single.tokens[-1] == "[SEP]"
     assert set(single.type_ids) == {0}
@@ -80,8 +84,10 @@ def test_vocabulary_is_byte_identical_across_processes_and_thread_counts(corpus_
         (run_store / "corpus" / corpus_id).symlink_to(corpus_dir)
         tokenizer_id = subprocess.run(
             [sys.executable, "-c", TRAIN_IN_SUBPROCESS, str(run_store), corpus_id, str(threads)],
-            check=True, capture_output=True, text=True,
-        ).stdout.split()[-1]  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()[-1]
         folder = run_store / "tokenizer" / tokenizer_id
         outputs.append(
             ((folder / "vocab.txt").read_bytes(), (folder / "tokenizer.json").read_bytes())
@@ -161,8 +167,13 @@ def test_corpus_with_empty_train_split_is_refused(tmp_path):
     store = ArtifactStore(str(tmp_path / "store"))
     corpus_id = "corpus-" + "a" * 20
     with store.staging(corpus_id) as staging:
-        store.publish(staging, corpus_id, config={}, stats={"documents": {"train": 0}},
-                      layout={"splits": {"train": [], "validation": []}})  # fmt: skip
+        store.publish(
+            staging,
+            corpus_id,
+            config={},
+            stats={"documents": {"train": 0}},
+            layout={"splits": {"train": [], "validation": []}},
+        )
     with pytest.raises(InputError, match="empty train split"):
         make_tokenizer(store, corpus_id, SMALL)
     assert tokenizers_in(store) == []
@@ -218,9 +229,12 @@ def test_an_imported_vocabulary_that_makes_mostly_unknown_tokens_is_refused(corp
     before = tokenizers_in(store)
     path = tmp_path / "seven.txt"
     path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a"]) + "\n")
-    with pytest.raises(InputError, match=r"\d+\.\d% of the tokens of corpus-\w+'s validation text "
-                                         r"are \[UNK\] with the imported vocabulary .*seven\.txt "
-                                         r"\(7 tokens\), more than 25%"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"\d+\.\d% of the tokens of corpus-\w+'s validation text "
+        r"are \[UNK\] with the imported vocabulary .*seven\.txt "
+        r"\(7 tokens\), more than 25%",
+    ):
         make_tokenizer(store, corpus_id, TokenizerConfig(vocab=str(path)))
     assert tokenizers_in(store) == before
 

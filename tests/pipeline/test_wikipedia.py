@@ -113,11 +113,29 @@ def test_article_text_is_clean_prose() -> None:
 @pytest.mark.parametrize(
     "absent",
     [
-        "Infobox", "Short description", "cite", "source", "hidden remark", "Portrait", "x^2",
-        "citation needed", "TableCellText", "Year", "ReferenceListEntry", "ExternalLinkEntry",
-        "Category", "English mathematicians", "fr:", "[[", "{{", "<", "'''", "==", "http",
+        "Infobox",
+        "Short description",
+        "cite",
+        "source",
+        "hidden remark",
+        "Portrait",
+        "x^2",
+        "citation needed",
+        "TableCellText",
+        "Year",
+        "ReferenceListEntry",
+        "ExternalLinkEntry",
+        "Category",
+        "English mathematicians",
+        "fr:",
+        "[[",
+        "{{",
+        "<",
+        "'''",
+        "==",
+        "http",
     ],
-)  # fmt: skip
+)
 def test_article_text_has_no_markup_or_reference_material(absent: str) -> None:
     [doc], _ = wiki_documents(dump(*SAMPLE_PAGES))
     assert absent not in doc.text

@@ -34,9 +34,16 @@ pytestmark = pytest.mark.skipif(
     "neither /usr/bin/chromium nor `chromium` on PATH",
 )
 # Headless, and quiet: without the background-networking flags chromium keeps dialing out.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PIPELINE = "pretraining-pipeline/bertflow-pipeline"
 WAIT_MS = 30_000  # every wait on the page: the UI loads in seconds, under load in tens
 RUN_TIMEOUT_S = 300.0
@@ -53,14 +60,23 @@ def served(prefect_server, pipeline_config, tmp_path_factory) -> Iterator[dict[s
     store = ArtifactStore(str(tmp_path / "store"))
     tiny = pipeline_config(store.url, tmp_path)
     [phase] = tiny.phases
-    config = tiny.model_copy(update={
-        "ingest": tiny.ingest.model_copy(update={"sources": ["demo"]}),
-        "phases": [phase.model_copy(update={
-            "pretrain": phase.pretrain.model_copy(update={"max_steps": 20})})],
-    })  # fmt: skip
+    config = tiny.model_copy(
+        update={
+            "ingest": tiny.ingest.model_copy(update={"sources": ["demo"]}),
+            "phases": [
+                phase.model_copy(
+                    update={"pretrain": phase.pretrain.model_copy(update={"max_steps": 20})}
+                )
+            ],
+        }
+    )
     with bertflow_serve(tmp_path, config) as log:
-        yield {"ui": prefect_server.url, "store": store, "log": log,
-               "pipeline": RECORDS.deployment(PIPELINE)}  # fmt: skip
+        yield {
+            "ui": prefect_server.url,
+            "store": store,
+            "log": log,
+            "pipeline": RECORDS.deployment(PIPELINE),
+        }
 
 
 @pytest.fixture(scope="module")
