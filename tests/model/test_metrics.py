@@ -1,5 +1,5 @@
-"""Metrics match arithmetic done by hand, scikit-learn/scipy on random data, and return 0.0
-rather than NaN where undefined."""
+"""Metrics match arithmetic done by hand (whatever library computes them), and return 0.0 rather
+than NaN where undefined."""
 
 from __future__ import annotations
 
@@ -162,27 +162,6 @@ def test_bad_inputs_raise(predictions: np.ndarray, labels: np.ndarray, message: 
 def test_classification_metrics_reject_probabilities() -> None:
     with pytest.raises(ValueError, match="class ids"):
         accuracy(np.array([0.2, 0.9]), np.array([0, 1]))
-
-
-def test_agrees_with_sklearn_and_scipy_on_random_data() -> None:
-    sk_metrics = pytest.importorskip("sklearn.metrics")
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        labels, predictions = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
-        assert f1(predictions, labels) == pytest.approx(sk_metrics.f1_score(labels, predictions))
-        classes, guesses = rng.integers(0, 4, 200), rng.integers(0, 5, 200)
-        assert matthews_corrcoef(guesses, classes) == pytest.approx(
-            sk_metrics.matthews_corrcoef(classes, guesses)
-        )
-        assert macro_f1(guesses, classes) == pytest.approx(
-            sk_metrics.f1_score(classes, guesses, average="macro")
-        )
-        # Rounded so that both sides have many ties.
-        scores = np.round(rng.normal(size=200), 1)
-        targets = np.round(scores + rng.normal(size=200), 1)
-        assert pearson(scores, targets) == pytest.approx(stats.pearsonr(scores, targets)[0])
-        assert spearman(scores, targets) == pytest.approx(stats.spearmanr(scores, targets)[0])
 
 
 def test_summarize_runs() -> None:
