@@ -26,7 +26,7 @@ with the run's seed, then the model built; transformers' model is given them):
 Measured alike for both:
 - validation MLM loss, MLM accuracy and NSP accuracy: `intrinsic_metrics` on the shards'
   validation split at the evaluate stage's fixed masks, the transformers model saved with
-  `save_pretrained` and loaded into ours by `load_hf_folder`;
+  `save_pretrained` and loaded into ours by `load_export`;
 - tokens/s: non-padding tokens trained on over the seconds from the first step's start to the
   last step's end (the first batch's fetch and the loader's start-up left out; no validation or
   checkpoint happens inside a run);
@@ -76,7 +76,7 @@ from bertflow.flows.pipeline_config import PipelineConfig, demo, load_config
 from bertflow.model.bert import BertForPreTraining
 from bertflow.model.evaluate import PreparedTask, load_pretrained, prepare_task, resolve_device
 from bertflow.model.evaluate_config import DEFAULT_MAX_SEQ_LEN, EvaluateConfig
-from bertflow.model.export import load_hf_folder
+from bertflow.model.export import folder_files, load_export
 from bertflow.model.finetune import Encoded, encode, encoder_state, finetune
 from bertflow.model.intrinsic import intrinsic_metrics, validation_dataset
 from bertflow.model.metrics import HIGHER_IS_BETTER, compute_metrics
@@ -359,7 +359,7 @@ def into_ours(model: transformers.BertForPreTraining) -> BertForPreTraining:
     """transformers' weights in our model, through the files users would move them with."""
     with tempfile.TemporaryDirectory(prefix="bertflow-quality-hf-") as folder:
         model.save_pretrained(folder)
-        return load_hf_folder(Path(folder))
+        return load_export(folder_files(Path(folder)))
 
 
 # -- measuring -------------------------------------------------------------------------------------

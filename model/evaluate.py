@@ -34,7 +34,7 @@ from bertflow.model.evaluate_config import (  # re-exported: importers keep this
     DEFAULT_MAX_SEQ_LEN,
     EvaluateConfig,
 )
-from bertflow.model.export import CONFIG_FILE, WEIGHTS_FILE, config_from_hf
+from bertflow.model.export import artifact_files, load_export
 from bertflow.model.finetune import (
     Encoded,
     FinetuneRun,
@@ -197,20 +197,8 @@ def resolve_device(device: str) -> torch.device:
 
 def load_pretrained(store: ArtifactStore, model: Manifest) -> tuple[Any, Tokenizer]:
     """The model artifact's exported weights as our BertForPreTraining, and its tokenizer."""
-    from safetensors.torch import load as load_safetensors
-
-    from bertflow.model.bert import BertForPreTraining, load_hf_state_dict
-
-    hf = model.layout["hf"]
-    with store.open(model.id, f"{hf}/{CONFIG_FILE}") as f:
-        architecture = config_from_hf(json.loads(f.read()))
-    with store.open(model.id, f"{hf}/{WEIGHTS_FILE}") as f:
-        state = load_safetensors(f.read())
-    with store.open(model.id, f"{hf}/tokenizer.json") as f:
-        tokenizer = Tokenizer.from_str(f.read().decode("utf-8"))
-    network = BertForPreTraining(architecture)
-    load_hf_state_dict(network, state)
-    return network, tokenizer
+    read = artifact_files(store, model.id, model.layout["hf"])
+    return load_export(read), Tokenizer.from_str(read("tokenizer.json").decode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""HuggingFace export: a folder `transformers` loads as `BertForPreTraining` and `AutoTokenizer`.
+"""HuggingFace export: a folder `transformers` loads as `BertForPreTraining` and `AutoTokenizer`,
+and the one loader of such a folder back into our model (from a path or a store artifact).
 
 Written by hand (safetensors + JSON) rather than through `transformers`, so training and export
 need no `transformers` import; the tests load the folder with `transformers` and compare logits.
@@ -8,11 +9,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from bertflow.model.bert import BertConfig, BertForPreTraining, hf_state_dict, load_hf_state_dict
+from bertflow.pipeline.store import ArtifactStore
+
+Read = Callable[[str], bytes]
+"""An export's file by name: a folder's or a store artifact's."""
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -80,9 +88,29 @@ def export_hf(model: BertForPreTraining, tokenizer_dir: Path, out: Path) -> list
     return list(EXPORT_FILES)
 
 
-def load_hf_folder(folder: Path) -> BertForPreTraining:
-    """Our model from an exported folder (or any HF BERT checkpoint in safetensors)."""
-    config = config_from_hf(json.loads((folder / CONFIG_FILE).read_text()))
+def folder_files(folder: Path) -> Read:
+    return lambda name: (folder / name).read_bytes()
+
+
+def artifact_files(store: ArtifactStore, artifact_id: str, folder: str) -> Read:
+    """The files of the export under `folder` of a store artifact (a model's `hf`)."""
+
+    def read(name: str) -> bytes:
+        with store.open(artifact_id, f"{folder}/{name}") as f:
+            return f.read()
+
+    return read
+
+
+def read_export(read: Read) -> tuple[BertConfig, dict[str, torch.Tensor]]:
+    """The architecture and the weights (HuggingFace names) of an export."""
+    config = config_from_hf(json.loads(read(CONFIG_FILE)))
+    return config, load_safetensors(read(WEIGHTS_FILE))
+
+
+def load_export(read: Read) -> BertForPreTraining:
+    """Our model from an export (or any HuggingFace BERT checkpoint in safetensors)."""
+    config, state = read_export(read)
     model = BertForPreTraining(config)
-    load_hf_state_dict(model, load_file(str(folder / WEIGHTS_FILE)))
+    load_hf_state_dict(model, state)
     return model

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -343,10 +343,6 @@ class PretrainingModule(L.LightningModule):
             self._flops = float(states[rank]["window_flops"])
         if "cuda" in states[rank] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states[rank]["cuda"])
-
-
-def module_hparams(model: BertConfig, optim: OptimConfig) -> dict[str, Any]:
-    return {"model": asdict(model), "optim": asdict(optim)}
 
 
 # -- data -----------------------------------------------------------------------------------------

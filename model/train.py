@@ -48,7 +48,8 @@ WATCH_PARENT_ENV = "BERTFLOW_WATCH_PARENT"
 CHECKPOINT_DIR, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
 RUNS_DIR = ".runs"  # in a local store: training run folders, beside the artifacts
 VALIDATION_SEED = 2024  # fixed masking seed of validation, the same for every model
-INIT_WEIGHTS = "hf/model.safetensors"  # what --init-from reads of a model artifact
+INIT_FOLDER = "hf"  # the export that --init-from reads of a model artifact
+INIT_FILES = (f"{INIT_FOLDER}/config.json", f"{INIT_FOLDER}/model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ def check_upstream(store: ArtifactStore, plan: PretrainPlan) -> None:
     shards (both splits and the vocabulary) and, when training continues a model, its weights."""
     store.check_intact(plan.shards)
     if plan.config.init_from:
-        store.check_intact(store.require(plan.config.init_from, "model"), [INIT_WEIGHTS])
+        store.check_intact(store.require(plan.config.init_from, "model"), INIT_FILES)
 
 
 def resolve_precision(config: TrainConfig) -> str:
@@ -378,12 +379,10 @@ def quiet_lightning_logs() -> None:
 
 def load_weights(store: ArtifactStore, model_id: str, model: torch.nn.Module) -> None:
     """Initialise from a model artifact's exported weights (positions beyond theirs stay new)."""
-    from safetensors.torch import load as load_safetensors
-
     from bertflow.model.bert import load_hf_state_dict
+    from bertflow.model.export import artifact_files, read_export
 
-    with store.open(model_id, INIT_WEIGHTS) as f:
-        state = load_safetensors(f.read())
+    _, state = read_export(artifact_files(store, model_id, INIT_FOLDER))
     name = "bert.embeddings.position_embeddings.weight"
     own = model.state_dict()[name]
     if state[name].shape[0] < own.shape[0]:
