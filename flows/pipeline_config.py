@@ -11,6 +11,11 @@ WordPiece, 128-token sequences for 900k steps, then 512 for 100k at batch 256).
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +33,28 @@ from bertflow.pipeline.tokenizer_config import TokenizerConfig
 
 PRESETS = ("demo", "bert-base")
 DEMO_VOCAB_SIZE = 8192  # 1.0M of the tiny model's 1.6M parameters (27k pieces: 3.5M of 4.0M)
-# SST-2 in GLUE layout, where a checkout has the shared data beside it (the demo's task).
-SHARED_SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+SST2_ENV = "BERTFLOW_SST2"
+
+
+def checkout() -> Path | None:
+    """The source folder bertflow was installed from in editable mode (`pip install -e`, as the
+    Makefile does), as its distribution records it; None for a plain install."""
+    # Every record of the name: a checkout's own bertflow.egg-info, on sys.path when Python
+    # starts there, has none of pip's.
+    for dist in importlib.metadata.distributions(name="bertflow"):
+        origin = json.loads(dist.read_text("direct_url.json") or "{}")
+        if origin.get("dir_info", {}).get("editable"):
+            return Path(urllib.request.url2pathname(urllib.parse.urlparse(origin["url"]).path))
+    return None
+
+
+def shared_sst2() -> Path | None:
+    """SST-2 in GLUE layout for the demo's evaluation: `$BERTFLOW_SST2`, else the shared data
+    beside the checkout (`../shared/data/sst2`) where there is one."""
+    if os.environ.get(SST2_ENV):
+        return Path(os.environ[SST2_ENV])
+    root = checkout()
+    return root.parent / "shared" / "data" / "sst2" if root is not None else None
 
 
 class Phase(BaseModel):
@@ -113,8 +138,9 @@ def demo_evaluation() -> EvaluateConfig:
     and SST-2 when the shared data is beside the checkout; at most 2000 training examples each,
     5 seeds (3 for SST-2), both baselines: about a minute and a half on a 2-core CPU."""
     tasks = [TaskSpec(path=DEMO_TASK)]
-    if (SHARED_SST2 / "train.tsv").exists():
-        tasks.append(TaskSpec(path=str(SHARED_SST2), seeds=3))
+    sst2 = shared_sst2()
+    if sst2 is not None and (sst2 / "train.tsv").exists():
+        tasks.append(TaskSpec(path=str(sst2), seeds=3))
     return EvaluateConfig(tasks=tasks, max_train_examples=2000)
 
 

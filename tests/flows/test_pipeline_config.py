@@ -10,8 +10,10 @@ from pydantic import ValidationError
 from bertflow.flows.cli import main
 from bertflow.flows.pipeline import pretraining_pipeline
 from bertflow.flows.pipeline_config import (
+    SST2_ENV,
     PipelineConfig,
     bert_base,
+    checkout,
     demo,
     load_config,
     preset,
@@ -26,6 +28,17 @@ def test_demo_is_the_default_and_trains_the_tiny_preset_on_the_built_in_corpus()
     assert config.ingest.sources == ["demo"]
     assert [p.pretrain.preset for p in config.phases] == ["tiny"]
     assert config.evaluate.tasks[0].path == "demo-era"  # on every machine, ../shared or not
+
+
+def test_the_demo_fine_tunes_on_sst2_where_there_is_a_copy(tmp_path: Path, monkeypatch):
+    # The checkout is found through the installed package (pip's record of the editable
+    # install), so ../shared beside it is found wherever the checkout is.
+    assert checkout() == Path(__file__).resolve().parents[2]
+    monkeypatch.setenv(SST2_ENV, str(tmp_path / "sst2"))
+    assert [t.path for t in demo().evaluate.tasks] == ["demo-era"]  # no copy there
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text("sentence\tlabel\na fine film\t1\n")
+    assert [t.path for t in demo().evaluate.tasks] == ["demo-era", str(tmp_path / "sst2")]
 
 
 def test_bert_base_is_the_published_two_phase_recipe():

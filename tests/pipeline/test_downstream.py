@@ -11,12 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bertflow.flows.pipeline_config import shared_sst2
 from bertflow.pipeline import demo_task
 from bertflow.pipeline.downstream import TaskSpec, read_task, task_inputs
 from bertflow.pipeline.errors import InputError
 from bertflow.pipeline.sources import resolve_sources
 
-SHARED_SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
+SHARED_SST2 = shared_sst2() or Path("/nonexistent")
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
