@@ -7,6 +7,10 @@ whole), since the libraries' own errors would not say which side is wrong. Cases
 undefined (a zero denominator, a constant side) give 0.0 rather than NaN, as scikit-learn does
 for MCC: a NaN in one seed would otherwise poison the median over seeds and every table built
 from it.
+
+scikit-learn and scipy load when a metric is first computed, not when this module is imported:
+commands that only read evaluations (`bertflow evaluate --show`, `--compare`) need which way each
+metric improves, and must stay quick to start.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as sk
 
 
 def _pair(predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +50,8 @@ def _floats(predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of examples whose predicted class id equals the label."""
+    from sklearn import metrics as sk
+
     predictions, labels = _class_ids(predictions, labels)
     return float(sk.accuracy_score(labels, predictions))
 
@@ -55,6 +59,8 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 def f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Binary F1 with class 1 positive (GLUE's MRPC and QQP); 0.0 when no example is predicted
     or labelled positive, since precision and recall are both undefined then."""
+    from sklearn import metrics as sk
+
     predictions, labels = _class_ids(predictions, labels)
     return float(sk.f1_score(labels, predictions, labels=[1], average="macro", zero_division=0))
 
@@ -62,6 +68,8 @@ def f1(predictions: np.ndarray, labels: np.ndarray) -> float:
 def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Unweighted mean of per-class F1 over the classes present in labels or predictions: a class
     only ever predicted (never labelled) counts with F1 = 0, so spraying a spurious class costs."""
+    from sklearn import metrics as sk
+
     predictions, labels = _class_ids(predictions, labels)
     return float(sk.f1_score(labels, predictions, average="macro", zero_division=0))
 
@@ -69,6 +77,8 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
 def matthews_corrcoef(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation, the multi-class (Gorodkin) form GLUE reports for CoLA; 0.0 when one
     side is constant."""
+    from sklearn import metrics as sk
+
     predictions, labels = _class_ids(predictions, labels)
     return float(sk.matthews_corrcoef(labels, predictions))
 
@@ -80,6 +90,8 @@ def _constant(*sides: np.ndarray) -> bool:
 
 def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Pearson correlation (GLUE's STS-B); 0.0 when either side is constant (undefined)."""
+    from scipy import stats
+
     predictions, labels = _floats(predictions, labels)
     if _constant(predictions, labels):
         return 0.0
@@ -88,6 +100,8 @@ def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Spearman correlation (ties share the mean rank); 0.0 when either side is constant."""
+    from scipy import stats
+
     predictions, labels = _floats(predictions, labels)
     if _constant(predictions, labels):
         return 0.0
@@ -96,6 +110,8 @@ def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def mse(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Mean squared error, the regression loss (lower is better)."""
+    from sklearn import metrics as sk
+
     predictions, labels = _floats(predictions, labels)
     return float(sk.mean_squared_error(labels, predictions))
 
