@@ -28,6 +28,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import Artifact, FlowRun
 from prefect.client.schemas.responses import DeploymentResponse as Deployment
 from prefect.client.schemas.sorting import ArtifactSort, LogSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.events.schemas.events import ReceivedEvent as Event
 from prefect.exceptions import ObjectNotFound
 
 
@@ -128,6 +130,19 @@ class PrefectRecords:
         as the lineage links name it."""
         latest = self.keyed(key)
         return f"/v2/artifacts/artifact/{latest.id}" if latest else None
+
+    def run(self, flow_run_id: UUID) -> FlowRun:
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(flow_run_id)
+
+    def materializations(self, key: str, timeout_s: float = 30.0) -> list[Event]:
+        """The asset materialization events of `key` (a bertflow asset URI), once there are."""
+        of_asset = EventFilter(
+            event=EventNameFilter(prefix=["prefect.asset.materialization"]),
+            resource=EventResourceFilter(id=[key]),
+        )
+        with get_client(sync_client=True) as client:
+            return poll(lambda: client.read_events(filter=of_asset, limit=10).events, timeout_s)
 
     def runs_of(self, deployment_id: UUID) -> list[FlowRun]:
         of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect_records import PrefectRecords
 
 from bertflow.flows.cli import main
@@ -26,26 +23,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def read_prefect_artifact_keys(keys: list[str]) -> set[str]:
-    records = PrefectRecords()
-    return {key for key in keys if records.keyed(key) is not None}
-
-
-def wait_for_materialization(key: str, timeout_s: float = 30.0) -> list:
-    event_filter = EventFilter(
-        event=EventNameFilter(prefix=["prefect.asset.materialization"]),
-        resource=EventResourceFilter(id=[key]),
-    )
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            events = client.read_events(filter=event_filter, limit=10).events
-            if events:
-                return events
-            time.sleep(0.5)
-    return []
-
-
 def test_flow_publishes_records_in_prefect_and_reruns_cached(tmp_path):
     store = ArtifactStore(str(tmp_path / "store"))
     config = IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1)
@@ -53,11 +30,9 @@ def test_flow_publishes_records_in_prefect_and_reruns_cached(tmp_path):
     assert not result.cached and result.kind == "corpus"
     manifest = store.require(result.id)
     assert manifest.producer.prefect_flow_run_id is not None
-    assert read_prefect_artifact_keys([result.id, f"{result.id}-stats"]) == {
-        result.id,
-        f"{result.id}-stats",
-    }
-    events = wait_for_materialization(asset_key(store, result.id))
+    records = PrefectRecords()
+    assert records.keyed(result.id) and records.keyed(f"{result.id}-stats")
+    events = records.materializations(asset_key(store, result.id))
     assert events and events[0].event == "prefect.asset.materialization.succeeded"
     related = {r.id for r in events[0].related}
     assert any(r.startswith("demo://sotu/") for r in related)  # raw inputs as asset deps

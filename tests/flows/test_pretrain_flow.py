@@ -12,8 +12,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from uuid import UUID
 
 import psutil
 import pytest
@@ -56,19 +54,6 @@ pretrain_flow(shards_id, config=config, store_url=store_url, run_dir=run_dir)
 RECORDS = PrefectRecords()
 
 
-def prefect_artifacts(flow_run_id: UUID, kind: str) -> list[Any]:
-    return RECORDS.artifacts(flow_run_id, kind)
-
-
-def keyed_artifact_data(key: str) -> Any:
-    found = RECORDS.keyed(key)
-    return found.data if found else None
-
-
-def log_messages(flow_run_id: UUID) -> list[str]:
-    return RECORDS.logs(flow_run_id)
-
-
 # -- a model artifact, then the cache ---------------------------------------------------------
 
 
@@ -96,23 +81,23 @@ def test_flow_publishes_the_model_with_records_and_progress_then_reruns_cached(
     assert {"mlm_loss", "mlm_acc", "nsp_acc"} <= result.stats["validation"].keys()
     assert result.stats["tokens_per_s"] > 0
 
-    report = keyed_artifact_data(result.id)
+    report = RECORDS.keyed(result.id).data
     assert report is not None and tiny_shards.shards_id in report
-    assert keyed_artifact_data(f"{result.id}-stats") is not None
-    progress = prefect_artifacts(flow_run_id, "progress")
+    assert RECORDS.keyed(f"{result.id}-stats") is not None
+    progress = RECORDS.artifacts(flow_run_id, "progress")
     assert [a.data for a in progress] == [100.0]
 
     # The trainer's output, start to end, is in the flow run's logs (which reach the server in
     # batches, shortly after the flow returns).
     def trainer_lines() -> list[str]:
-        return [m for m in log_messages(flow_run_id) if m.startswith(("step ", "validation at"))]
+        return [m for m in RECORDS.logs(flow_run_id) if m.startswith(("step ", "validation at"))]
 
     lines = poll(lambda: len(trainer_lines()) >= 6 and trainer_lines(), 30)
     assert lines and lines[0].startswith("step 2/12 · loss"), lines
     assert any(line.startswith("validation at step 12: ") for line in lines), lines
     chatter = [
         m
-        for m in log_messages(flow_run_id)
+        for m in RECORDS.logs(flow_run_id)
         if m.startswith(LightningChatter.NOISE) or "deprecated" in m or "weights_only" in m
     ]
     assert chatter == []  # the log is the run's own, not Lightning's tips and notices
@@ -128,7 +113,7 @@ def test_flow_publishes_the_model_with_records_and_progress_then_reruns_cached(
     assert again.result().cached and again.result().id == result.id
     assert time.monotonic() - started < 15
     assert not (tmp_path / "again").exists()  # no training was launched
-    assert prefect_artifacts(again.state_details.flow_run_id, "progress") == []
+    assert RECORDS.artifacts(again.state_details.flow_run_id, "progress") == []
     assert store.require(result.id) == manifest
 
 

@@ -125,11 +125,6 @@ def long_pipeline(pipeline_config: Any, tmp_path: Path) -> PipelineConfig:
     return PipelineConfig.model_validate(fields)
 
 
-def state_of(flow_run_id: Any) -> Any:
-    with get_client(sync_client=True) as client:
-        return client.read_flow_run(flow_run_id).state
-
-
 def test_serve_exits_when_its_server_restarts_and_serving_again_works_in_full(
     server, pipeline_config, tmp_path
 ):
@@ -179,8 +174,8 @@ def test_serve_exits_when_its_server_restarts_and_serving_again_works_in_full(
 
         [pipeline] = poll(triggered, 60) or [None]
         assert pipeline is not None, f"the automation ran nothing:\n{serving.log(again)[-3000:]}"
-        running = poll(lambda: state_of(pipeline.id).is_running(), 180, every_s=1.0)
-        assert running, f"{state_of(pipeline.id)}:\n{serving.log(again)[-3000:]}"
+        running = poll(lambda: records.run(pipeline.id).state.is_running(), 180, every_s=1.0)
+        assert running, f"{records.run(pipeline.id).state}:\n{serving.log(again)[-3000:]}"
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(pipeline.id, Cancelling())  # the UI's Cancel
         done = wait_for_run(pipeline.id, 120)
