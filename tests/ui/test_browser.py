@@ -215,6 +215,9 @@ def test_a_custom_run_from_the_form_completes_and_its_summary_links_down_to_the_
     wait_for_path(page, f"/v2/artifacts/artifact/{summary.id}")
     heading = content(page).get_by_role("heading", level=1)
     expect(heading).to_have_text(f"Pipeline run {run['name']}")  # which run, on its own page
+    # The heading can show before the table below it: wait for the whole summary, whose last
+    # row and closing paragraph both link the evaluation.
+    expect(content(page).get_by_role("link", name=evaluation.id, exact=True)).to_have_count(2)
     links = (
         content(page)
         .get_by_role("link")
