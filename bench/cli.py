@@ -62,13 +62,13 @@ def build_store(root: Path) -> tuple[str, str]:
 
 
 def _build_store_here(root: Path) -> dict[str, str]:
-    from bertflow.model.evaluate import EvaluateConfig, run_evaluation
-    from bertflow.model.train import TrainConfig, plan_pretrain, train
-    from bertflow.pipeline.ingest import IngestConfig, ingest
-    from bertflow.pipeline.shards import ShardConfig, make_shards
-    from bertflow.pipeline.store import ArtifactStore
-    from bertflow.pipeline.task_spec import TaskSpec
-    from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+    from bertflow.model.evaluation.stage import EvaluateConfig, run_evaluation
+    from bertflow.model.evaluation.task_spec import TaskSpec
+    from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+    from bertflow.pipeline.core.store import ArtifactStore
+    from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+    from bertflow.pipeline.shards.stage import ShardConfig, make_shards
+    from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
     store = ArtifactStore(str(root / "store"))
     task = root / "task.jsonl"

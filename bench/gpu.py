@@ -36,11 +36,11 @@ import torch
 import train_step
 
 from bertflow.flows.pipeline_config import PipelineConfig, bert_base, demo
-from bertflow.model.evaluate import load_pretrained
-from bertflow.model.module import peak_flops
-from bertflow.model.train import TrainConfig, plan_pretrain, train
-from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.model.evaluation.stage import load_pretrained
+from bertflow.model.training.module import peak_flops
+from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.store import ArtifactStore
 
 SEQ_LENS = [128, 512]  # the train step's lengths
 PRETRAIN_LEN = 128  # BERT's first phase

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from blingfire import text_to_sentences
 
-from bertflow.pipeline.demo_task import pretraining_speeches
+from bertflow.pipeline.ingest.demo_task import pretraining_speeches
 
 GOAL_NO_BREAK = 1.5  # text with no break takes at most this many times prose's seconds
 
@@ -98,8 +98,8 @@ def _floor_here(folder: Path, processes: int) -> float:
 
 RUN_INGEST = """
 import json, resource, sys, time
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+from bertflow.pipeline.core.store import ArtifactStore
 source, store_dir, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 started = time.perf_counter()
 published = ingest(IngestConfig(sources=[source], workers=workers), ArtifactStore(store_dir))

@@ -25,15 +25,15 @@ from pathlib import Path
 from quality import WithoutProgressRecords  # bench/ is the script's folder, so on sys.path
 
 from bertflow.flows.pipeline_config import demo
-from bertflow.model.evaluate import build_and_publish as evaluate
-from bertflow.model.evaluate import check_upstream as check_evaluation
-from bertflow.model.evaluate import plan_evaluation
-from bertflow.model.train import check_upstream as check_training
-from bertflow.model.train import plan_pretrain, train
-from bertflow.pipeline.ingest import ingest
-from bertflow.pipeline.shards import make_shards
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.tokenizer import make_tokenizer
+from bertflow.model.evaluation.stage import build_and_publish as evaluate
+from bertflow.model.evaluation.stage import check_upstream as check_evaluation
+from bertflow.model.evaluation.stage import plan_evaluation
+from bertflow.model.training.train import check_upstream as check_training
+from bertflow.model.training.train import plan_pretrain, train
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.ingest.stage import ingest
+from bertflow.pipeline.shards.stage import make_shards
+from bertflow.pipeline.tokenizer.stage import make_tokenizer
 
 GOAL_SHARE = 0.03  # "a few percent"
 

@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bertflow.pipeline.loader import LoaderConfig, ShardDataset, make_dataloader
-from bertflow.pipeline.manifest import artifact_id
-from bertflow.pipeline.shard_format import VOCAB_FILE, shard_schema
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.model.training.loader import LoaderConfig, ShardDataset, make_dataloader
+from bertflow.pipeline.core.manifest import artifact_id
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.shards.format import VOCAB_FILE, shard_schema
 
 VOCAB_SIZE = 30522
 FIRST_ORDINARY = 999  # [PAD], [unused0..], [UNK], [CLS], [SEP], [MASK], ... as in BERT's vocab

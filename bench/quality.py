@@ -74,26 +74,31 @@ from train_step import hf_twin  # bench/ is the script's folder, so on sys.path
 
 from bertflow.flows.pipeline_config import PipelineConfig, demo, load_config
 from bertflow.model.bert import BertForPreTraining
-from bertflow.model.evaluate import PreparedTask, load_pretrained, prepare_task, resolve_device
-from bertflow.model.evaluate_config import DEFAULT_MAX_SEQ_LEN, EvaluateConfig
+from bertflow.model.evaluation.config import DEFAULT_MAX_SEQ_LEN, EvaluateConfig
+from bertflow.model.evaluation.finetune import Encoded, encode, encoder_state, finetune
+from bertflow.model.evaluation.intrinsic import intrinsic_metrics, validation_dataset
+from bertflow.model.evaluation.metrics import HIGHER_IS_BETTER, compute_metrics
+from bertflow.model.evaluation.stage import (
+    PreparedTask,
+    load_pretrained,
+    prepare_task,
+    resolve_device,
+)
+from bertflow.model.evaluation.tasks import TaskSpec, TaskSplit, read_task
 from bertflow.model.export import folder_files, load_export
-from bertflow.model.finetune import Encoded, encode, encoder_state, finetune
-from bertflow.model.intrinsic import intrinsic_metrics, validation_dataset
-from bertflow.model.metrics import HIGHER_IS_BETTER, compute_metrics
-from bertflow.model.module import OptimConfig, adamw, lr_factor
-from bertflow.model.train import (
+from bertflow.model.training.module import OptimConfig, adamw, lr_factor
+from bertflow.model.training.train import (
     PROGRESS_PREFIX,
     TrainConfig,
     plan_pretrain,
     resolve_precision,
     train,
 )
-from bertflow.pipeline.downstream import TaskSpec, TaskSplit, read_task
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest import ingest
-from bertflow.pipeline.shards import make_shards
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.tokenizer import make_tokenizer
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.ingest.stage import ingest
+from bertflow.pipeline.shards.stage import make_shards
+from bertflow.pipeline.tokenizer.stage import make_tokenizer
 
 OURS = "bertflow (plan_pretrain + train)"
 ANCHOR = "transformers BertForPreTraining, plain loop"

@@ -49,10 +49,10 @@ PREPARE = """
 import importlib.util, json, sys
 from pathlib import Path
 import pyarrow.parquet as pq
-from bertflow.pipeline.corpus import split_files
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+from bertflow.pipeline.ingest.corpus import split_files
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 bench_ingest, folder, size, store_dir, vocab_size = sys.argv[1:6]
 spec = importlib.util.spec_from_file_location("bench_ingest", bench_ingest)
 module = importlib.util.module_from_spec(spec)
@@ -174,8 +174,8 @@ RUN_STAGE = (
     USAGE
     + """
 import cProfile, io, json, pstats, shutil, sys, time
-from bertflow.pipeline.shards import ShardConfig, make_shards, plan_shards
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.shards.stage import ShardConfig, make_shards, plan_shards
+from bertflow.pipeline.core.store import ArtifactStore
 store_dir, corpus_id, tokenizer_id, config_json, top = sys.argv[1:6]
 store = ArtifactStore(store_dir)
 config = ShardConfig(**json.loads(config_json))

@@ -44,7 +44,7 @@ from moto.server import ThreadedMotoServer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from prefect_server import PrefectServer, _free_port  # noqa: E402
 
-from bertflow.pipeline.store import ArtifactStore  # noqa: E402
+from bertflow.pipeline.core.store import ArtifactStore  # noqa: E402
 
 CLI = [sys.executable, "-m", "bertflow.flows.cli"]
 TIMEOUT_S = 600

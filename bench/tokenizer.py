@@ -29,9 +29,9 @@ from typing import Any
 PREPARE = """
 import importlib.util, json, sys
 from pathlib import Path
-from bertflow.pipeline.corpus import split_files
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.ingest.corpus import split_files
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+from bertflow.pipeline.core.store import ArtifactStore
 bench_ingest, folder, store_dir = sys.argv[1], Path(sys.argv[2]), sys.argv[4]
 size = float(sys.argv[3])
 spec = importlib.util.spec_from_file_location("bench_ingest", bench_ingest)
@@ -95,8 +95,8 @@ print(json.dumps({
 # The stage, with its module-level steps wrapped in timers (train() looks them up at call time).
 RUN_STAGE = """
 import json, resource, shutil, sys, time
-import bertflow.pipeline.tokenizer as stage
-from bertflow.pipeline.store import ArtifactStore
+import bertflow.pipeline.tokenizer.stage as stage
+from bertflow.pipeline.core.store import ArtifactStore
 store_dir, corpus_id = sys.argv[1], sys.argv[2]
 vocab_size, sample_bytes, threads = map(int, sys.argv[3:6])
 imported_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -50,7 +50,7 @@ from bertflow.model.bert import (
     preset,
     training_flops,
 )
-from bertflow.model.module import peak_flops
+from bertflow.model.training.module import peak_flops
 
 ANCHOR = "transformers BertForPreTraining (sdpa)"
 OURS = "bertflow BertForPreTraining"

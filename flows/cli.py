@@ -18,17 +18,21 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bertflow.flows.options import add_config_options, config_from_args, describe_validation_error
-from bertflow.model.evaluate_config import EvaluateConfig
-from bertflow.model.train_config import TrainConfig
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest_config import IngestConfig
-from bertflow.pipeline.lineage import lineage, render, summarize
-from bertflow.pipeline.manifest import FORMAT_VERSIONS
-from bertflow.pipeline.shard_config import ShardConfig
-from bertflow.pipeline.store import DEFAULT_STORE, STORE_ENV, ArtifactStore, StoreError
-from bertflow.pipeline.task_spec import TaskSpec
-from bertflow.pipeline.tokenizer_config import TokenizerConfig
+from bertflow.model.evaluation.config import EvaluateConfig
+from bertflow.model.evaluation.task_spec import TaskSpec
+from bertflow.model.training.config import TrainConfig
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.lineage import lineage, render, summarize
+from bertflow.pipeline.core.manifest import FORMAT_VERSIONS
+from bertflow.pipeline.core.options import (
+    add_config_options,
+    config_from_args,
+    describe_validation_error,
+)
+from bertflow.pipeline.core.store import DEFAULT_STORE, STORE_ENV, ArtifactStore, StoreError
+from bertflow.pipeline.ingest.config import IngestConfig
+from bertflow.pipeline.shards.config import ShardConfig
+from bertflow.pipeline.tokenizer.config import TokenizerConfig
 
 # Building the parser and the commands that run no flow (help, artifacts, lineage, evaluate --show
 # and --compare) import only configs and readers: torch, Lightning and Prefect load when a stage
@@ -157,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         _pretrain,
         help="shards -> pretrained BERT model artifact",
         description="Pretrain BERT (MLM + NSP) on a shards artifact with PyTorch Lightning; the "
-        "training runs in a subprocess (see python -m bertflow.model.train for torchrun/SLURM).",
+        "training runs in a subprocess (see python -m bertflow.model.training for torchrun/SLURM).",
     )
     pretrain.add_argument("--shards", required=True, metavar="SHARDS_ID", help="shards artifact")
     pretrain.add_argument(
@@ -458,7 +462,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from bertflow.model.evaluation_report import comparison_table, render_text_table
+    from bertflow.model.evaluation.report import comparison_table, render_text_table
 
     if args.show:
         store = _store(args)
@@ -497,7 +501,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _print_evaluation(store: ArtifactStore, manifest: Any) -> None:
     """The downstream table beside the baselines, then the headline numbers beside the previous
     evaluation of the same tasks."""
-    from bertflow.model.evaluation_report import downstream_table, render_text_table
+    from bertflow.model.evaluation.report import downstream_table, render_text_table
 
     if manifest.stats["tasks"]:
         header, rows = downstream_table(manifest.stats["tasks"], manifest.config)
@@ -506,7 +510,7 @@ def _print_evaluation(store: ArtifactStore, manifest: Any) -> None:
 
 
 def _print_beside_previous(store: ArtifactStore, manifest: Any) -> None:
-    from bertflow.model.evaluation_report import (
+    from bertflow.model.evaluation.report import (
         comparison_table,
         previous_evaluation,
         render_text_table,

@@ -17,15 +17,15 @@ from prefect.runtime import flow_run
 from bertflow.flows.records import artifact_link, embedded_png, progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.model.evaluate import EvaluateConfig, build_and_publish, plan_evaluation
-from bertflow.model.evaluation_report import (
+from bertflow.model.evaluation.report import (
     comparison_markdown,
     metric_rows,
     previous_evaluation,
     render_report,
 )
-from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.model.evaluation.stage import EvaluateConfig, build_and_publish, plan_evaluation
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.store import ArtifactStore
 
 
 @flow(name="evaluate")

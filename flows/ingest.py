@@ -10,9 +10,9 @@ from prefect.runtime import flow_run
 from bertflow.flows.records import progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.pipeline.ingest_config import IngestConfig
-from bertflow.pipeline.ingest_plan import IngestPlan, plan_ingest
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.ingest.config import IngestConfig
+from bertflow.pipeline.ingest.plan import IngestPlan, plan_ingest
 
 CORPUS_EVENT = "bertflow.corpus.published"
 
@@ -35,7 +35,7 @@ def ingest_flow(config: IngestConfig, store_url: str | None = None) -> StageResu
 
     def build():
         # The readers and writers load only when there is a corpus to make: not on a cached run.
-        from bertflow.pipeline.ingest import build_and_publish
+        from bertflow.pipeline.ingest.stage import build_and_publish
 
         callbacks = progress_callbacks(f"ingesting {len(the_plan.files)} files")
         return build_and_publish(the_plan, store, callbacks, flow_run_id=flow_run.get_id())

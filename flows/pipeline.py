@@ -27,7 +27,7 @@ from bertflow.flows.records import PipelineProgress, artifact_link, ui_base
 from bertflow.flows.result import StageResult
 from bertflow.flows.shards import shard_flow
 from bertflow.flows.tokenizer import tokenizer_flow
-from bertflow.pipeline.store import ArtifactStore, Published
+from bertflow.pipeline.core.store import ArtifactStore, Published
 
 
 class PipelineResult(BaseModel):

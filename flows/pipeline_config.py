@@ -22,14 +22,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bertflow.model.evaluate_config import EvaluateConfig
-from bertflow.model.train_config import TrainConfig
-from bertflow.pipeline.demo_task import DEMO_TASK
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest_config import IngestConfig
-from bertflow.pipeline.shard_config import ShardConfig
-from bertflow.pipeline.task_spec import TaskSpec
-from bertflow.pipeline.tokenizer_config import TokenizerConfig
+from bertflow.model.evaluation.config import EvaluateConfig
+from bertflow.model.evaluation.task_spec import TaskSpec
+from bertflow.model.training.config import TrainConfig
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.ingest.config import IngestConfig
+from bertflow.pipeline.ingest.demo_task import DEMO_TASK
+from bertflow.pipeline.shards.config import ShardConfig
+from bertflow.pipeline.tokenizer.config import TokenizerConfig
 
 PRESETS = ("demo", "bert-base")
 DEMO_VOCAB_SIZE = 8192  # 1.0M of the tiny model's 1.6M parameters (27k pieces: 3.5M of 4.0M)

@@ -1,6 +1,6 @@
 """The pretrain flow: shards -> model artifact, training in a subprocess the flow owns.
 
-Training runs as `python -m bertflow.model.train` (the same entry point users launch under
+Training runs as `python -m bertflow.model.training` (the same entry point users launch under
 torchrun or SLURM) in its own session, so its whole process group (local DDP ranks, loader
 workers) can be signalled at once: when the flow run is cancelled or times out (Prefect raises
 in the flow process), the group is terminated, then killed; if the flow process itself is killed
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from bertflow.flows.records import embedded_png, report_stage_progress
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.model.train import (
+from bertflow.model.training.train import (
     PROGRESS_PREFIX,
     WATCH_PARENT_ENV,
     PretrainPlan,
@@ -38,8 +38,8 @@ from bertflow.model.train import (
     default_run_dir,
     plan_pretrain,
 )
-from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.store import ArtifactStore, Published
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.store import ArtifactStore, Published
 
 KILL_GRACE_S = 10.0
 PROGRESS_EVERY_S = 5.0
@@ -81,7 +81,7 @@ def training_command(
     command = [
         sys.executable,
         "-m",
-        "bertflow.model.train",
+        "bertflow.model.training",
         "--shards",
         plan.shards.id,
         "--store",

@@ -32,9 +32,9 @@ from prefect.settings import get_current_settings
 from prefect.tasks import MaterializingTask
 from prefect.types.names import validate_valid_asset_key
 
-from bertflow.pipeline.lineage import summarize
-from bertflow.pipeline.progress import ProgressState
-from bertflow.pipeline.store import ArtifactStore, Published
+from bertflow.pipeline.core.lineage import summarize
+from bertflow.pipeline.core.progress import ProgressState
+from bertflow.pipeline.core.store import ArtifactStore, Published
 
 MAX_INPUT_ASSETS = 50
 UI_VERSION_PATH = "v2"

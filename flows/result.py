@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bertflow.pipeline.store import ArtifactStore, Published
+from bertflow.pipeline.core.store import ArtifactStore, Published
 
 
 class StageResult(BaseModel):

@@ -19,9 +19,9 @@ from prefect_dask import DaskTaskRunner
 from bertflow.flows.records import progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.shards import ShardConfig, build_and_publish, plan_shards
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.shards.stage import ShardConfig, build_and_publish, plan_shards
 
 
 @task(cache_policy=NO_CACHE, retries=1)

@@ -9,8 +9,8 @@ from prefect import get_run_logger
 
 from bertflow.flows.records import materializing, record_artifact, upstream_assets
 from bertflow.flows.result import StageResult
-from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.store import ArtifactStore, Published
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.store import ArtifactStore, Published
 
 
 def cached_or_built(

@@ -7,9 +7,9 @@ from prefect.runtime import flow_run
 
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.tokenizer import TokenizerConfig, build_and_publish, plan_tokenizer
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.tokenizer.stage import TokenizerConfig, build_and_publish, plan_tokenizer
 
 
 @flow(name="tokenizer")

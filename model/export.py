@@ -17,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from bertflow.model.bert import BertConfig, BertForPreTraining, hf_state_dict, load_hf_state_dict
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.store import ArtifactStore
 
 Read = Callable[[str], bytes]
 """An export's file by name: a folder's or a store artifact's."""

@@ -18,15 +18,15 @@ from typing import Any
 
 import yaml
 
-from bertflow.model.evaluation_report import (
+from bertflow.model.evaluation.report import (
     INTRINSIC,
     downstream_table,
     fmt,
     markdown_table,
     selection_lines,
 )
-from bertflow.pipeline.manifest import Manifest
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.store import ArtifactStore
 
 MODEL_CARD_FILE = "README.md"
 OBJECTIVES = {"nsp": "next-sentence prediction", "sop": "sentence-order prediction"}

@@ -15,7 +15,7 @@ import s3fs
 from moto.server import ThreadedMotoServer
 from prefect_server import PrefectServer
 
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.store import ArtifactStore
 
 # No telemetry from the test servers: there is no network, and its writes lock the test database.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -93,9 +93,9 @@ class TinyShards:
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> TinyShards:
-    from bertflow.pipeline.ingest import IngestConfig, ingest
-    from bertflow.pipeline.shards import ShardConfig, make_shards
-    from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+    from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+    from bertflow.pipeline.shards.stage import ShardConfig, make_shards
+    from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
     store = ArtifactStore(str(tmp_path_factory.mktemp("tiny") / "store"))
     corpus = ingest(IngestConfig(sources=["demo-small"], validation_fraction=0.1, workers=1), store)
@@ -113,7 +113,7 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> TinyShards:
 
 def tiny_training(**changes: Any) -> Any:
     """A TrainConfig small and fast enough for tests on a CPU."""
-    from bertflow.model.train import TrainConfig
+    from bertflow.model.training.train import TrainConfig
 
     fields = dict(
         preset="tiny",
@@ -135,7 +135,7 @@ def tiny_training(**changes: Any) -> Any:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_shards: TinyShards, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny model trained for 12 steps on `tiny_shards` (in this process); its artifact id."""
-    from bertflow.model.train import plan_pretrain, train
+    from bertflow.model.training.train import plan_pretrain, train
 
     store = ArtifactStore(tiny_shards.store_url)
     plan = plan_pretrain(store, tiny_shards.shards_id, tiny_training())
@@ -157,11 +157,11 @@ def tiny_pipeline(store_url: str, task_folder: Any, **changes: Any) -> Any:
     import json
 
     from bertflow.flows.pipeline_config import Phase, PipelineConfig
-    from bertflow.model.evaluate import EvaluateConfig
-    from bertflow.pipeline.downstream import TaskSpec
-    from bertflow.pipeline.ingest import IngestConfig
-    from bertflow.pipeline.shards import ShardConfig
-    from bertflow.pipeline.tokenizer import TokenizerConfig
+    from bertflow.model.evaluation.stage import EvaluateConfig
+    from bertflow.model.evaluation.tasks import TaskSpec
+    from bertflow.pipeline.ingest.stage import IngestConfig
+    from bertflow.pipeline.shards.stage import ShardConfig
+    from bertflow.pipeline.tokenizer.stage import TokenizerConfig
 
     task = Path(task_folder) / "task.jsonl"
     with open(task, "w") as f:

@@ -26,7 +26,7 @@ optional:
   PRESET (base), BATCH_SIZE (32, per GPU), LR (1e-4), MAX_STEPS (1000000),
   WARMUP_STEPS (10000), ACCUMULATE (1), NUM_WORKERS (4)
 
-Options after the script name go to `python -m bertflow.model.train` last, so they override the
+Options after the script name go to `python -m bertflow.model.training` last, so they override the
 ones above. --resume is always passed: a first run starts fresh, a restarted one continues from
 RUN_DIR/checkpoints/last.ckpt.
 EOF
@@ -71,7 +71,7 @@ exec torchrun \
     --rdzv-endpoint "$MASTER_ADDR:${MASTER_PORT:-29500}" \
     --rdzv-id "${RDZV_ID:-bertflow}" \
     --max-restarts 0 \
-    -m bertflow.model.train \
+    -m bertflow.model.training \
     --shards "$SHARDS_ID" \
     --store "$BERTFLOW_STORE" \
     --run-dir "$RUN_DIR" \

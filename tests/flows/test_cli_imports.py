@@ -46,9 +46,9 @@ def run_fresh(*argv: str) -> tuple[int, list[str], str]:
 @pytest.fixture(scope="module")
 def evaluated(tiny_shards, tiny_model, tmp_path_factory) -> tuple[str, str]:
     """(store URL, evaluation id): a copy of the tiny store with one cheap evaluation in it."""
-    from bertflow.model.evaluate import EvaluateConfig, run_evaluation
-    from bertflow.pipeline.store import ArtifactStore
-    from bertflow.pipeline.task_spec import TaskSpec
+    from bertflow.model.evaluation.stage import EvaluateConfig, run_evaluation
+    from bertflow.model.evaluation.task_spec import TaskSpec
+    from bertflow.pipeline.core.store import ArtifactStore
 
     folder = tmp_path_factory.mktemp("cli-imports")
     shutil.copytree(tiny_shards.store_url, folder / "store")

@@ -9,9 +9,9 @@ import pytest
 
 from bertflow.flows.cli import main
 from bertflow.flows.evaluate import evaluate_flow
-from bertflow.model.evaluate import EvaluateConfig
-from bertflow.pipeline.downstream import TaskSpec
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.model.evaluation.stage import EvaluateConfig
+from bertflow.model.evaluation.tasks import TaskSpec
+from bertflow.pipeline.core.store import ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -11,8 +11,8 @@ from prefect_records import PrefectRecords
 from bertflow.flows.cli import main
 from bertflow.flows.ingest import ingest_flow
 from bertflow.flows.records import asset_key
-from bertflow.pipeline.ingest import IngestConfig
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.ingest.stage import IngestConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -19,7 +19,7 @@ from bertflow.flows.pipeline_config import (
     preset,
     to_yaml,
 )
-from bertflow.pipeline.errors import InputError
+from bertflow.pipeline.core.errors import InputError
 
 
 def test_demo_is_the_default_and_trains_the_tiny_preset_on_the_built_in_corpus():

@@ -17,9 +17,9 @@ from bertflow.flows.cli import main
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.flows.pipeline import pretraining_pipeline
 from bertflow.flows.pipeline_config import to_yaml
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.lineage import lineage
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.lineage import lineage
+from bertflow.pipeline.core.store import ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGES = ["ingest", "tokenizer", "shard-1", "pretrain-1", "evaluate"]

@@ -19,9 +19,9 @@ from prefect.settings import get_current_settings
 from prefect_records import PrefectRecords, poll
 
 from bertflow.flows.pretrain import pretrain_flow
-from bertflow.model.train import LightningChatter, plan_pretrain
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.model.training.train import LightningChatter, plan_pretrain
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.store import ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -43,7 +43,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FLOW_SCRIPT = """
 import sys
 from bertflow.flows.pretrain import pretrain_flow
-from bertflow.model.train import TrainConfig
+from bertflow.model.training.train import TrainConfig
 
 shards_id, store_url, run_dir, config_json = sys.argv[1:]
 config = TrainConfig.model_validate_json(config_json)
@@ -153,13 +153,13 @@ def test_a_bad_config_fails_the_flow_before_any_work_naming_the_field(
 
 
 def trainer_processes(run_dir: Path) -> list[psutil.Process]:
-    """Live `python -m bertflow.model.train` processes working in `run_dir`."""
+    """Live `python -m bertflow.model.training` processes working in `run_dir`."""
     found = []
     for p in psutil.process_iter(["cmdline", "status"]):
         cmdline = p.info["cmdline"] or []
         if p.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        if "bertflow.model.train" in cmdline and str(run_dir) in cmdline:
+        if "bertflow.model.training" in cmdline and str(run_dir) in cmdline:
             found.append(p)
     return found
 

@@ -15,7 +15,7 @@ from prefect_records import PrefectRecords, bertflow_serve, poll, wait_for_run
 from bertflow.flows.cli import build_parser, main
 from bertflow.flows.deployments import AUTOMATION
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.store import ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGE_FLOWS = ["ingest", "tokenizer", "shard", "pretrain", "evaluate"]

@@ -30,7 +30,7 @@ from bertflow.flows.deployments import ServeOptions, deployments
 from bertflow.flows.ingest import ingest_flow
 from bertflow.flows.pipeline_config import PipelineConfig, to_yaml
 from bertflow.flows.serving import SERVER_LOST, ServerWatch, connection_lost
-from bertflow.pipeline.store import STORE_ENV, ArtifactStore
+from bertflow.pipeline.core.store import STORE_ENV, ArtifactStore
 
 # Long enough that the websocket of the runner's cancellation observer gives up (~10 s) and that
 # `bertflow serve` counts the server as lost; a shorter blip Prefect rides out by itself.

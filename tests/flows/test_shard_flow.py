@@ -10,10 +10,10 @@ from distributed import LocalCluster
 
 from bertflow.flows.cli import main
 from bertflow.flows.shards import run_shard_flow
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.shards import ShardConfig
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+from bertflow.pipeline.shards.stage import ShardConfig
+from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 CONFIG = ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, workers=2)

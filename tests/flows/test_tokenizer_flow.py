@@ -9,9 +9,9 @@ from prefect_records import PrefectRecords
 
 from bertflow.flows.cli import main
 from bertflow.flows.tokenizer import tokenizer_flow
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.tokenizer import TokenizerConfig
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+from bertflow.pipeline.tokenizer.stage import TokenizerConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -261,10 +261,10 @@ def test_job_template_renders_a_gpu_pod_with_runs_volume_shm_and_s3_secret() -> 
 
 
 def trainer_options() -> set[str]:
-    """Every option of `python -m bertflow.model.train`: TrainConfig's fields as --kebab-case,
+    """Every option of `python -m bertflow.model.training`: TrainConfig's fields as --kebab-case,
     plus the ones main() adds itself (read with ast: importing the module would load torch)."""
     options = set()
-    for source in ("train.py", "train_config.py"):
+    for source in ("training/train.py", "training/config.py"):
         options |= _options_in(ast.parse((REPO / "model" / source).read_text()))
     return options
 
@@ -284,7 +284,7 @@ def _options_in(tree: ast.Module) -> set[str]:
 def test_launch_script_is_valid_bash_passing_real_trainer_options(script: Path) -> None:
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=10)
     text = script.read_text()
-    command = text[text.rindex("-m bertflow.model.train") :]
+    command = text[text.rindex("-m bertflow.model.training") :]
     passed = set(re.findall(r"^\s*(--[a-z][a-z0-9-]*)", command, flags=re.MULTILINE))
     assert {"--shards", "--devices", "--num-nodes", "--strategy", "--resume"} <= passed
     unknown = passed - trainer_options()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertflow.model.baselines import tfidf_baseline
-from bertflow.model.metrics import accuracy, pearson
+from bertflow.model.evaluation.baselines import tfidf_baseline
+from bertflow.model.evaluation.metrics import accuracy, pearson
 
 SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
 NOISE = [f"w{i}" for i in range(40)]

@@ -12,8 +12,20 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bertflow.model.baselines import tfidf_baseline
-from bertflow.model.evaluate import (
+from bertflow.model.evaluation.baselines import tfidf_baseline
+from bertflow.model.evaluation.config import default_seed_count
+from bertflow.model.evaluation.finetune import best_epoch
+from bertflow.model.evaluation.intrinsic import intrinsic_metrics, validation_dataset
+from bertflow.model.evaluation.metrics import HIGHER_IS_BETTER
+from bertflow.model.evaluation.report import (
+    changes,
+    comparison_table,
+    fmt,
+    metric_rows,
+    previous_evaluation,
+    render_text_table,
+)
+from bertflow.model.evaluation.stage import (
     EvaluateConfig,
     build_and_publish,
     dev_split,
@@ -22,21 +34,9 @@ from bertflow.model.evaluate import (
     run_evaluation,
     training_sample,
 )
-from bertflow.model.evaluate_config import default_seed_count
-from bertflow.model.evaluation_report import (
-    changes,
-    comparison_table,
-    fmt,
-    metric_rows,
-    previous_evaluation,
-    render_text_table,
-)
-from bertflow.model.finetune import best_epoch
-from bertflow.model.intrinsic import intrinsic_metrics, validation_dataset
-from bertflow.model.metrics import HIGHER_IS_BETTER
-from bertflow.pipeline.downstream import TaskSpec, TaskSplit, read_task
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.store import ArtifactStore, StoreError
+from bertflow.model.evaluation.tasks import TaskSpec, TaskSplit, read_task
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.store import ArtifactStore, StoreError
 
 SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

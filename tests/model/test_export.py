@@ -14,12 +14,12 @@ from toy_task import write_toy_task
 
 from bertflow.flows.cli import main
 from bertflow.model.bert import BertConfig, BertForPreTraining
-from bertflow.model.evaluate import EvaluateConfig, run_evaluation
-from bertflow.model.evaluation_report import fmt
+from bertflow.model.evaluation.report import fmt
+from bertflow.model.evaluation.stage import EvaluateConfig, run_evaluation
+from bertflow.model.evaluation.task_spec import TaskSpec
 from bertflow.model.export import EXPORT_FILES
 from bertflow.model.model_card import MODEL_CARD_FILE
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.task_spec import TaskSpec
+from bertflow.pipeline.core.store import ArtifactStore
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from bertflow.model.bert_config import tiny
-from bertflow.model.finetune import Encoded, FinetuneConfig, FinetuneRun, best_epoch, finetune
-from bertflow.model.metrics import accuracy
+from bertflow.model.evaluation.finetune import (
+    Encoded,
+    FinetuneConfig,
+    FinetuneRun,
+    best_epoch,
+    finetune,
+)
+from bertflow.model.evaluation.metrics import accuracy
 
 ARCHITECTURE = tiny(vocab_size=64, max_position_embeddings=32, pad_vocab_multiple=1)
 CONFIG = FinetuneConfig(lr=1e-3, epochs=4, batch_size=8, warmup_fraction=0.1)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bertflow.model.metrics import (
+from bertflow.model.evaluation.metrics import (
     HIGHER_IS_BETTER,
     METRICS,
     RunSummary,

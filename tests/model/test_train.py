@@ -16,12 +16,12 @@ import torch
 from pydantic import ValidationError
 
 from bertflow.model.bert import BertForPreTraining, tiny
-from bertflow.model.module import OptimConfig, lr_factor, parameter_groups
-from bertflow.model.report import METRICS_CSV as METRICS
-from bertflow.model.report import read_history
-from bertflow.model.train import TrainConfig, plan_pretrain, train
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.model.training.module import OptimConfig, lr_factor, parameter_groups
+from bertflow.model.training.report import METRICS_CSV as METRICS
+from bertflow.model.training.report import read_history
+from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.store import ArtifactStore
 
 
 class Losses(L.Callback):
@@ -123,8 +123,8 @@ DDP_SCRIPT = textwrap.dedent(
     import json, os, sys
     from pathlib import Path
     import lightning as L
-    from bertflow.model.train import TrainConfig, plan_pretrain, train
-    from bertflow.pipeline.store import ArtifactStore
+    from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+    from bertflow.pipeline.core.store import ArtifactStore
 
     class Seen(L.Callback):
         examples = []
@@ -235,7 +235,7 @@ def test_init_from_continues_from_the_models_weights(tiny_shards, tiny_model, tr
     store = ArtifactStore(tiny_shards.store_url)
     plan = plan_pretrain(store, tiny_shards.shards_id, training_config(init_from=tiny_model))
     assert plan.upstream == {"shards": tiny_shards.shards_id, "init": tiny_model}
-    from bertflow.model.train import load_weights
+    from bertflow.model.training.train import load_weights
 
     model = BertForPreTraining(plan.architecture)
     load_weights(store, tiny_model, model)
@@ -307,7 +307,9 @@ def test_operational_options_do_not_change_the_model_id(tiny_shards, training_co
 
 def test_training_entry_point_help_lists_the_options():
     done = subprocess.run(
-        [sys.executable, "-m", "bertflow.model.train", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "bertflow.model.training", "--help"],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0
     for option in (
@@ -325,7 +327,7 @@ def test_training_entry_point_help_lists_the_options():
 
 
 def test_run_dir_defaults_beside_a_local_store_else_under_bertflow_runs(monkeypatch, tmp_path):
-    from bertflow.model.train import default_run_dir
+    from bertflow.model.training.train import default_run_dir
 
     monkeypatch.delenv("BERTFLOW_RUNS", raising=False)
     local = ArtifactStore(str(tmp_path / "store"))
@@ -338,7 +340,7 @@ def test_run_dir_defaults_beside_a_local_store_else_under_bertflow_runs(monkeypa
 
 
 def test_a_failed_run_keeps_only_what_resume_needs_and_a_published_one_nothing(tmp_path):
-    from bertflow.model.train import clear_run
+    from bertflow.model.training.train import clear_run
 
     def leftovers(name: str, checkpoint: bool) -> Path:
         run = tmp_path / name

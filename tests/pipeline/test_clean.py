@@ -1,4 +1,4 @@
-"""Cleaning and sentence segmentation: bertflow.pipeline.clean."""
+"""Cleaning and sentence segmentation: bertflow.pipeline.ingest.clean."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from bertflow.pipeline.clean import (
+from bertflow.pipeline.ingest.clean import (
     SentenceLimits,
     cut_long,
     document_sentences,
@@ -200,6 +200,6 @@ def test_reused_buffer_segmenter_matches_blingfire_own_wrapper(text):
     """The buffer-reusing call gives exactly what blingfire.text_to_sentences gives, at any size."""
     import blingfire
 
-    from bertflow.pipeline.clean import _BLINGFIRE
+    from bertflow.pipeline.ingest.clean import _BLINGFIRE
 
     assert _BLINGFIRE.sentences(text) == blingfire.text_to_sentences(text)

@@ -18,14 +18,14 @@ import psutil
 import pytest
 
 from bertflow.flows.cli import main
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.scratch import scratch_folder, sweep
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.scratch import scratch_folder, sweep
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from bertflow.pipeline.scratch import scratch_folder
+    from bertflow.pipeline.core.scratch import scratch_folder
     with scratch_folder("bertflow-held-", sys.argv[1]) as folder:
         (folder / "part").write_bytes(b"x" * 1000)
         print(folder, flush=True)
@@ -36,8 +36,8 @@ HOLD = textwrap.dedent(
 INGEST = textwrap.dedent(
     """
     import sys
-    from bertflow.pipeline.ingest import IngestConfig, ingest
-    from bertflow.pipeline.store import ArtifactStore
+    from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+    from bertflow.pipeline.core.store import ArtifactStore
     ingest(IngestConfig(sources=["demo"], workers=2), ArtifactStore(sys.argv[1]))
     """
 )

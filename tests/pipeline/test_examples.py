@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bertflow.pipeline.examples import NO_LABEL, document_examples, truncate_pair
+from bertflow.pipeline.shards.examples import NO_LABEL, document_examples, truncate_pair
 
 CLS, SEP = 2, 3
 MAX_LEN = 64

@@ -1,4 +1,4 @@
-"""Reading raw files into documents: bertflow.pipeline.formats."""
+"""Reading raw files into documents: bertflow.pipeline.ingest.formats."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from bertflow.pipeline import formats
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.formats import (
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.ingest import formats
+from bertflow.pipeline.ingest.formats import (
     Format,
     RawDocument,
     ReaderOptions,

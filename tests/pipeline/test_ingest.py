@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bertflow.pipeline.corpus import CORPUS_SCHEMA, iter_documents
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest import IngestConfig, ingest, plan_ingest
-from bertflow.pipeline.store import STAGING_DIR, ArtifactStore
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.store import STAGING_DIR, ArtifactStore
+from bertflow.pipeline.ingest.corpus import CORPUS_SCHEMA, iter_documents
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest, plan_ingest
 
 PROSE = (
     "The committee met on Tuesday. Mr. Jones presented the report, which ran to 3.5 pages. "

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bertflow.pipeline.manifest import (
+from bertflow.pipeline.core.manifest import (
     FORMAT_VERSIONS,
     ID_HEX_CHARS,
     InputFingerprint,

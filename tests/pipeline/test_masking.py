@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertflow.pipeline.masking import IGNORE_INDEX, MaskingRule, mask_batch
+from bertflow.pipeline.shards.masking import IGNORE_INDEX, MaskingRule, mask_batch
 
 VOCAB = 1000
 SPECIAL = np.zeros(VOCAB, bool)

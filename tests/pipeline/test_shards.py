@@ -7,12 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.shard_format import shard_schema
-from bertflow.pipeline.shards import ShardConfig, balance, make_shards, padding_share
-from bertflow.pipeline.store import ArtifactNotFound, ArtifactStore, StoreError
-from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.store import ArtifactNotFound, ArtifactStore, StoreError
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+from bertflow.pipeline.shards.format import shard_schema
+from bertflow.pipeline.shards.stage import ShardConfig, balance, make_shards, padding_share
+from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
 SMALL = ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, workers=1)
 
@@ -152,7 +152,7 @@ def test_bad_upstream_ids_are_clear_errors(upstream):
 
 def test_a_tokenizer_without_bert_special_tokens_is_refused(upstream, tmp_path):
     """A tokenizer artifact published without [MASK] (by another tool, or an older version)."""
-    from bertflow.pipeline.manifest import artifact_id
+    from bertflow.pipeline.core.manifest import artifact_id
 
     store, corpus_id, tokenizer_id = upstream
     made = store.require(tokenizer_id)

@@ -12,14 +12,14 @@ from typing import Any
 import fsspec
 import pytest
 
-from bertflow.pipeline.manifest import (
+from bertflow.pipeline.core.manifest import (
     FORMAT_VERSIONS,
     MANIFEST_NAME,
     InputFingerprint,
     artifact_id,
     bertflow_version,
 )
-from bertflow.pipeline.store import (
+from bertflow.pipeline.core.store import (
     STAGING_DIR,
     ArtifactNotFound,
     ArtifactStore,
@@ -340,7 +340,7 @@ def test_a_folder_copied_under_another_id_is_reported_not_listed_twice(store: Ar
 
 
 def test_lineage_names_an_upstream_id_it_cannot_read_and_goes_on(store: ArtifactStore) -> None:
-    from bertflow.pipeline.lineage import lineage, render
+    from bertflow.pipeline.core.lineage import lineage, render
 
     aid = publish(
         store, upstream={"tokenizer": "../../etc", "corpus": "corpus-" + "0" * 20}

@@ -8,10 +8,10 @@ import sys
 import pytest
 from tokenizers import Tokenizer
 
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.ingest import IngestConfig, ingest
-from bertflow.pipeline.store import ArtifactNotFound, ArtifactStore, StoreError
-from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.store import ArtifactNotFound, ArtifactStore, StoreError
+from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
 SMALL = TokenizerConfig(vocab_size=1500, limit_alphabet=200)
 
@@ -65,8 +65,8 @@ def test_stats_report_unknown_rate_pieces_per_word_and_sample(corpus_store):
 
 TRAIN_IN_SUBPROCESS = """
 import sys
-from bertflow.pipeline.store import ArtifactStore
-from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+from bertflow.pipeline.core.store import ArtifactStore
+from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 store, corpus_id, threads = ArtifactStore(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 config = TokenizerConfig(vocab_size=1500, limit_alphabet=200, threads=threads)
 print(make_tokenizer(store, corpus_id, config).manifest.id)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bertflow.pipeline.store import ArtifactChanged, ArtifactStore
+from bertflow.pipeline.core.store import ArtifactChanged, ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -36,7 +36,7 @@ def kinds_in(store: ArtifactStore) -> dict[str, int]:
 
 @pytest.mark.parametrize("how", ["replaced", "appended"])
 def test_a_tokenizer_from_a_changed_corpus_is_refused_naming_both(tiny_shards, tmp_path, how):
-    from bertflow.pipeline.tokenizer import TokenizerConfig, make_tokenizer
+    from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
     store = copied(tiny_shards.store_url, tmp_path)
     damage(store, tiny_shards.corpus_id, "train/part-00000.parquet", how)
@@ -80,7 +80,7 @@ def test_the_shard_command_on_a_changed_corpus_exits_with_an_error_line(
 
 
 def test_shards_from_a_changed_tokenizer_are_refused(tiny_shards, tmp_path):
-    from bertflow.pipeline.shards import ShardConfig, make_shards
+    from bertflow.pipeline.shards.stage import ShardConfig, make_shards
 
     store = copied(tiny_shards.store_url, tmp_path)
     damage(store, tiny_shards.tokenizer_id, "vocab.txt", "replaced")
@@ -98,7 +98,7 @@ def test_shards_from_a_changed_tokenizer_are_refused(tiny_shards, tmp_path):
 def test_training_on_changed_shards_stops_before_the_first_step(
     tiny_shards, tmp_path, training_config
 ):
-    from bertflow.model.train import plan_pretrain, train
+    from bertflow.model.training.train import plan_pretrain, train
 
     store = copied(tiny_shards.store_url, tmp_path)
     shard = store.require(tiny_shards.shards_id).layout["splits"]["train"][1]["path"]
@@ -115,7 +115,7 @@ def test_evaluating_and_exporting_a_changed_model_are_refused(
     tiny_shards, tiny_model, tmp_path, capsys
 ):
     from bertflow.flows.cli import main
-    from bertflow.model.evaluate import EvaluateConfig, build_and_publish, plan_evaluation
+    from bertflow.model.evaluation.stage import EvaluateConfig, build_and_publish, plan_evaluation
 
     store = copied(tiny_shards.store_url, tmp_path)
     damage(store, tiny_model, "hf/model.safetensors", "replaced")

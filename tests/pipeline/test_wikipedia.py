@@ -1,4 +1,4 @@
-"""Wikipedia XML dumps: bertflow.pipeline.wikipedia (and read_documents with fmt="wikipedia")."""
+"""Wikipedia XML dumps: pipeline.ingest.wikipedia (and read_documents with fmt="wikipedia")."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from bertflow.pipeline.errors import InputError
-from bertflow.pipeline.formats import RawDocument, ReaderOptions, ReadTally, read_documents
-from bertflow.pipeline.wikipedia import iter_wiki_documents, skip_reason, wiki_to_text
+from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.ingest.formats import RawDocument, ReaderOptions, ReadTally, read_documents
+from bertflow.pipeline.ingest.wikipedia import iter_wiki_documents, skip_reason, wiki_to_text
 
 ARTICLE = """{{Short description|Mathematician}}
 {{Infobox person

@@ -23,7 +23,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from prefect.client.orchestration import get_client
 from prefect_records import PrefectRecords, bertflow_serve, poll
 
-from bertflow.pipeline.store import ArtifactStore
+from bertflow.pipeline.core.store import ArtifactStore
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None

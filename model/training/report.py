@@ -1,0 +1,263 @@
+"""What a training run reports and leaves behind: progress lines while it runs, and at the end
+the `model` artifact (checkpoint, HuggingFace export with its model card, logs, loss curve, final
+metrics)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+
+from bertflow.model.export import TOKENIZER_FILES, export_hf
+from bertflow.model.model_card import MODEL_CARD_FILE, ModelFacts, render_model_card
+from bertflow.model.training.train import PROGRESS_PREFIX
+from bertflow.pipeline.core.store import ArtifactStore, Published
+
+if TYPE_CHECKING:
+    from bertflow.model.training.module import PretrainingModule
+    from bertflow.model.training.train import PretrainPlan
+
+METRICS_CSV = "logs/metrics.csv"
+
+
+class ProgressPrinter(L.Callback):
+    """On global rank 0, after each logging window: one readable line and one JSON line
+    (`PROGRESS_PREFIX` + {step, max_steps, metrics}) that the Prefect task turns into progress."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps = max_steps
+        self._printed_step = -1
+        self._started = time.monotonic()
+
+    # Callbacks' on_train_batch_end run before the module's, which logs the window: print it at
+    # the next hook that comes after (next batch, validation, the end of training).
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        self._print_window(trainer, module)
+
+    def on_validation_start(self, trainer: L.Trainer, module: Any) -> None:
+        self._print_window(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        self._print_window(trainer, module)
+
+    def _print_window(self, trainer: L.Trainer, module: Any) -> None:
+        logged = getattr(module, "last_logged", {})
+        step = int(logged.get("step", -1))
+        if trainer.global_rank != 0 or step <= self._printed_step:
+            return
+        self._printed_step = step
+        metrics = {k.removeprefix("train/"): v for k, v in logged.items() if k != "step"}
+        parts = [f"step {step}/{self.max_steps}"]
+        parts += [f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "examples"]
+        print(" · ".join(parts), flush=True)
+        record = {
+            "step": step,
+            "max_steps": self.max_steps,
+            "metrics": metrics,
+            "elapsed_s": round(time.monotonic() - self._started, 1),
+        }
+        print(PROGRESS_PREFIX + json.dumps(record), flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if val:
+            line = " · ".join(f"{k} {_fmt(v)}" for k, v in sorted(val.items()))
+            print(f"validation at step {trainer.global_step}: {line}", flush=True)
+            sys.stdout.flush()
+
+
+class StepCheckpoint(Checkpoint):
+    """`path` (the whole training state, for --resume) every `every` optimizer steps, written to
+    a temporary file and renamed, so a crash mid-write leaves the previous one. At a step that
+    also validates (`val_every`), it is written after the validation, so the history it holds
+    has that validation in it, as an uninterrupted run's does."""
+
+    def __init__(self, path: Path, every: int, val_every: int | None):
+        self.path, self.every, self.val_every = path, every, val_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        step = trainer.global_step
+        validates = self.val_every is not None and step % self.val_every == 0
+        if step % self.every == 0 and not validates and step < trainer.max_steps:
+            module.log_window()  # callbacks run before the module's own hook
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        step = trainer.global_step
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if fitting and step % self.every == 0 and step < trainer.max_steps:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        trainer.strategy.barrier("bertflow-checkpoint")
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    """The run's logged records as a CSV: `step`, then every metric, a row per record."""
+    import csv
+
+    columns = ["step", *sorted({k for r in history for k in r} - {"step"})]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, lineterminator="\n")
+        writer.writeheader()
+        for record in history:
+            writer.writerow({**record, "step": int(record["step"])})
+
+
+def _fmt(value: float) -> str:
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    if value and abs(value) < 1e-3:
+        return f"{value:.3g}"
+    return f"{value:.4f}"
+
+
+def publish_model(
+    store: ArtifactStore,
+    plan: PretrainPlan,
+    run_dir: Path,
+    module: PretrainingModule,
+    *,
+    final_validation: dict[str, float],
+    seconds: float,
+    parameters: int,
+    device: str,
+    precision: str,
+    flow_run_id: str | None = None,
+) -> Published:
+    """Stage the run's outputs and publish them as the `model` artifact."""
+    with store.staging(plan.artifact_id) as staging:
+        shutil.copytree(run_dir / "logs", staging / "logs")
+        (staging / "checkpoint").mkdir()
+        shutil.copyfile(run_dir / "checkpoints" / "last.ckpt", staging / "checkpoint/last.ckpt")
+        tokenizer_dir = staging / ".tokenizer"
+        tokenizer_dir.mkdir()
+        for name in TOKENIZER_FILES:
+            with store.open(plan.tokenizer_id, name) as src:
+                (tokenizer_dir / name).write_bytes(src.read())
+        model = module.model.to("cpu").float()
+        export_hf(model, tokenizer_dir, staging / "hf")
+        shutil.rmtree(tokenizer_dir)
+        history = module.history
+        write_history(history, staging / METRICS_CSV)
+        plot_losses(history, staging / "loss.png", title=plan.artifact_id)
+        stats = _stats(plan, history, final_validation, seconds, parameters, device, precision)
+        (staging / "metrics.json").write_text(json.dumps(stats, indent=2) + "\n")
+        config = plan.config.model_dump(mode="json")
+        layout = {
+            "architecture": asdict(plan.architecture),
+            "tokenizer": plan.tokenizer_id,
+            "checkpoint": "checkpoint/last.ckpt",
+            "hf": "hf",
+            "logs": "logs",
+            "loss_curve": "loss.png",
+            "objective": plan.shards.layout["objective"],
+            "max_seq_len": plan.shards.layout["max_seq_len"],
+        }
+        # Rendered before publishing, so without an evaluation; `bertflow export` adds the latest.
+        facts = ModelFacts(plan.artifact_id, config, plan.upstream, layout, stats)
+        (staging / "hf" / MODEL_CARD_FILE).write_text(render_model_card(store, facts))
+        return store.publish(
+            staging,
+            plan.artifact_id,
+            config=config,
+            upstream=plan.upstream,
+            stats=stats,
+            layout=layout,
+            flow_run_id=flow_run_id,
+        )
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """metrics.csv as rows holding the columns each row filled."""
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [
+            {k: float(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(f)
+        ]
+
+
+def _stats(
+    plan: PretrainPlan,
+    history: list[dict[str, float]],
+    final_validation: dict[str, float],
+    seconds: float,
+    parameters: int,
+    device: str,
+    precision: str,
+) -> dict[str, Any]:
+    train_rows = [r for r in history if "train/loss" in r]
+    last = train_rows[-1] if train_rows else {}
+    rates = [r["train/tokens_per_s"] for r in train_rows[1:] if "train/tokens_per_s" in r]
+    c = plan.config
+    stats: dict[str, Any] = {
+        "steps": c.max_steps,
+        "parameters": parameters,
+        "world_size": plan.world_size,
+        "global_batch": c.batch_size * c.accumulate * plan.world_size,
+        "examples_seen": int(sum(r.get("train/examples", 0) for r in train_rows)),
+        "train_loss": last.get("train/loss"),
+        "train_mlm_acc": last.get("train/mlm_acc"),
+        "first_train_loss": train_rows[0]["train/loss"] if train_rows else None,
+        "validation": final_validation,
+        "tokens_per_s": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
+        "seconds": round(seconds, 1),
+        "device": device,
+        "precision": precision,
+    }
+    mfu = [r["train/mfu"] for r in train_rows[1:] if "train/mfu" in r]
+    if mfu:
+        stats["mfu"] = round(sorted(mfu)[len(mfu) // 2], 4)
+    return stats
+
+
+def plot_pretraining_losses(ax: Any, history: list[dict[str, float]]) -> None:
+    """Train loss, train MLM loss and validation MLM loss against the step, on `ax`."""
+    for key, label in (
+        ("train/loss", "train loss (MLM + NSP)"),
+        ("train/mlm_loss", "train MLM"),
+        ("val/mlm_loss", "validation MLM"),
+    ):
+        points = [(r["step"], r[key]) for r in history if key in r and math.isfinite(r[key])]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if key.startswith("val") else None, label=label)
+
+
+def plot_losses(history: list[dict[str, float]], out: Path, title: str) -> None:
+    """Training and validation loss against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    plot_pretraining_losses(ax, history)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

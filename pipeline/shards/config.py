@@ -1,0 +1,88 @@
+"""`ShardConfig`, how BERT examples are made and sharded: the `shard` stage's options, the
+pipeline's `phases.N.shard` form, and part of the shards id. Apart from `shards.py` so that
+building or checking one needs no `tokenizers` or Arrow."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from bertflow.pipeline.ingest.corpus import Split
+
+
+class ShardConfig(BaseModel):
+    """How BERT examples are made and sharded. Every field but `workers` shapes the id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_seq_len: int = Field(
+        128,
+        ge=16,
+        le=8192,
+        description="Tokens per example, specials included (at least 16: [CLS] A [SEP] B [SEP] "
+        "needs room for two segments).",
+    )
+    short_seq_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of documents given a random shorter target length."
+    )
+    dupe_factor: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Passes over the corpus, each pairing sentences anew (default: 1 with dynamic "
+        "masking, 5 with static).",
+    )
+    objective: Literal["nsp", "sop", "none"] = Field(
+        "nsp", description="Next-sentence, sentence-order (ALBERT) or no pair objective (RoBERTa)."
+    )
+    masking: Literal["dynamic", "static"] = Field(
+        "dynamic", description="Mask at load time (new each epoch) or once here, stored."
+    )
+    mlm_prob: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens to predict.")
+    max_predictions: int | None = Field(
+        None, ge=1, description="Most tokens predicted per example (default: max_seq_len*mlm_prob)."
+    )
+    whole_word: bool = Field(False, description="Mask whole words (a word's ## pieces together).")
+    num_shards: int = Field(
+        16, ge=1, le=100_000, description="Train shards; make it a multiple of ranks x workers."
+    )
+    num_validation_shards: int | None = Field(
+        None, ge=1, le=100_000, description="Validation shards (default: as many as train shards)."
+    )
+    batch_size: int = Field(
+        32, ge=1, description="Batch size the padding statistic assumes (not stored in shards)."
+    )
+    length_bins: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="LDDL-style length bins the loader batches within, so batches pad little "
+        "(1: none). Recorded for the loader, which groups each shuffle block by bin.",
+    )
+    seed: int = Field(12345, description="Base seed of every random choice.")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Worker processes; the output does not depend on it.",
+    )
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ShardConfig:
+        if self.dupe_factor is None:
+            object.__setattr__(self, "dupe_factor", 1 if self.masking == "dynamic" else 5)
+        if self.max_predictions is None:
+            object.__setattr__(
+                self, "max_predictions", max(1, round(self.max_seq_len * self.mlm_prob))
+            )
+        if self.num_validation_shards is None:
+            object.__setattr__(self, "num_validation_shards", self.num_shards)
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"workers"})
+
+    def shards_of(self, split: Split) -> int:
+        return self.num_shards if split == "train" else int(self.num_validation_shards or 1)
