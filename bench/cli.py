@@ -64,7 +64,9 @@ def build_store(root: Path) -> tuple[str, str]:
 def _build_store_here(root: Path) -> dict[str, str]:
     from bertflow.model.evaluation.stage import EvaluateConfig, run_evaluation
     from bertflow.model.evaluation.task_spec import TaskSpec
-    from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+    from bertflow.model.training.config import TrainConfig
+    from bertflow.model.training.plan import plan_pretrain
+    from bertflow.model.training.train import train
     from bertflow.pipeline.core.store import ArtifactStore
     from bertflow.pipeline.ingest.stage import IngestConfig, ingest
     from bertflow.pipeline.shards.stage import ShardConfig, make_shards

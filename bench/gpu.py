@@ -37,8 +37,10 @@ import train_step
 
 from bertflow.flows.pipeline_config import PipelineConfig, bert_base, demo
 from bertflow.model.evaluation.stage import load_pretrained
+from bertflow.model.training.config import TrainConfig
 from bertflow.model.training.module import peak_flops
-from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+from bertflow.model.training.plan import plan_pretrain
+from bertflow.model.training.train import train
 from bertflow.pipeline.core.manifest import Manifest
 from bertflow.pipeline.core.store import ArtifactStore
 

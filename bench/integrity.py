@@ -28,8 +28,9 @@ from bertflow.flows.pipeline_config import demo
 from bertflow.model.evaluation.stage import build_and_publish as evaluate
 from bertflow.model.evaluation.stage import check_upstream as check_evaluation
 from bertflow.model.evaluation.stage import plan_evaluation
-from bertflow.model.training.train import check_upstream as check_training
-from bertflow.model.training.train import plan_pretrain, train
+from bertflow.model.training.plan import check_upstream as check_training
+from bertflow.model.training.plan import plan_pretrain
+from bertflow.model.training.train import train
 from bertflow.pipeline.core.store import ArtifactStore
 from bertflow.pipeline.ingest.stage import ingest
 from bertflow.pipeline.shards.stage import make_shards

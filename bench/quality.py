@@ -86,14 +86,11 @@ from bertflow.model.evaluation.stage import (
 )
 from bertflow.model.evaluation.tasks import TaskSpec, TaskSplit, read_task
 from bertflow.model.export import folder_files, load_export
+from bertflow.model.training.config import TrainConfig
+from bertflow.model.training.launcher import PROGRESS_PREFIX
 from bertflow.model.training.module import OptimConfig, adamw, lr_factor
-from bertflow.model.training.train import (
-    PROGRESS_PREFIX,
-    TrainConfig,
-    plan_pretrain,
-    resolve_precision,
-    train,
-)
+from bertflow.model.training.plan import plan_pretrain
+from bertflow.model.training.train import resolve_precision, train
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.store import ArtifactStore
 from bertflow.pipeline.ingest.stage import ingest

@@ -632,13 +632,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from bertflow.model.evaluation.card import card_evaluation, latest_evaluation
     from bertflow.model.export import EXPORT_FILES
-    from bertflow.model.model_card import (
-        MODEL_CARD_FILE,
-        ModelFacts,
-        latest_evaluation,
-        render_model_card,
-    )
+    from bertflow.model.model_card import MODEL_CARD_FILE, ModelFacts, render_model_card
 
     store = _store(args)
     manifest = store.require(args.model, kind="model")
@@ -649,7 +645,8 @@ def _export(args: argparse.Namespace) -> int:
         with store.open(manifest.id, f"{hf}/{name}") as src:
             (args.out / name).write_bytes(src.read())
     evaluation = latest_evaluation(store, manifest.id)  # a later artifact than the model's hf/
-    card = render_model_card(store, ModelFacts.of(manifest), evaluation)
+    scores = card_evaluation(evaluation) if evaluation is not None else None
+    card = render_model_card(store, ModelFacts.of(manifest), scores)
     (args.out / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
     print(f"{manifest.id}: wrote {', '.join(EXPORT_FILES)} and {MODEL_CARD_FILE} to {args.out}")
     print(

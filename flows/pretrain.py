@@ -1,24 +1,17 @@
 """The pretrain flow: shards -> model artifact, training in a subprocess the flow owns.
 
 Training runs as `python -m bertflow.model.training` (the same entry point users launch under
-torchrun or SLURM) in its own session, so its whole process group (local DDP ranks, loader
-workers) can be signalled at once: when the flow run is cancelled or times out (Prefect raises
-in the flow process), the group is terminated, then killed; if the flow process itself is killed
-outright, the trainer notices its parent is gone and kills its group. Its output is streamed
-into the flow's logs, and its progress lines drive a Prefect progress artifact and, on a
-terminal, a progress bar.
+torchrun or SLURM), supervised by `model/training/launcher.py`: when the flow run is cancelled
+or times out (Prefect raises in the flow process), the trainer's whole process group is stopped;
+if the flow process is killed outright, the trainer kills its group. Its output is streamed into
+the flow's logs, and its progress lines drive a Prefect progress artifact and, on a terminal, a
+progress bar.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -29,21 +22,13 @@ from tqdm import tqdm
 from bertflow.flows.records import embedded_png, report_stage_progress
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.model.training.train import (
-    PROGRESS_PREFIX,
-    WATCH_PARENT_ENV,
-    PretrainPlan,
-    TrainConfig,
-    clear_run,
-    default_run_dir,
-    plan_pretrain,
-)
+from bertflow.model.training.config import TrainConfig
+from bertflow.model.training.launcher import run_training
+from bertflow.model.training.plan import PretrainPlan, default_run_dir, plan_pretrain
 from bertflow.pipeline.core.manifest import Manifest
 from bertflow.pipeline.core.store import ArtifactStore, Published
 
-KILL_GRACE_S = 10.0
 PROGRESS_EVERY_S = 5.0
-TAIL_LINES = 40
 
 
 @flow(name="pretrain")
@@ -75,29 +60,6 @@ def pretrain_flow(
     )
 
 
-def training_command(
-    store: ArtifactStore, plan: PretrainPlan, run_dir: Path, resume: bool, flow_run_id: str | None
-) -> list[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "bertflow.model.training",
-        "--shards",
-        plan.shards.id,
-        "--store",
-        store.url,
-        "--run-dir",
-        str(run_dir),
-        "--config-json",
-        plan.config.model_dump_json(),
-    ]
-    if resume:
-        command.append("--resume")
-    if flow_run_id:
-        command += ["--flow-run-id", str(flow_run_id)]
-    return command
-
-
 def launch_training(
     store: ArtifactStore,
     plan: PretrainPlan,
@@ -106,69 +68,23 @@ def launch_training(
     resume: bool = False,
     flow_run_id: str | None = None,
 ) -> None:
-    """Run training to the end in its own process group; raise if it fails."""
+    """Run the trainer to the end, its output in the run's logs and its steps in a progress
+    artifact; raise if it fails."""
     logger = get_run_logger()
-    command = training_command(store, plan, run_dir, resume, flow_run_id)
-    env = {**os.environ, WATCH_PARENT_ENV: "1", "PYTHONUNBUFFERED": "1"}
-    logger.info(f"training {plan.artifact_id} in {run_dir}: {' '.join(command[:3])} ...")
     progress = TrainingProgress(plan.config.max_steps, f"pretraining {plan.artifact_id}")
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        env=env,
-        start_new_session=True,
-    )
-    published = False
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if line.startswith(PROGRESS_PREFIX):
-                progress.update(json.loads(line[len(PROGRESS_PREFIX) :]))
-                continue
-            tail.append(line)
-            if line:
-                logger.info(line)
-        code = process.wait()
-        published = code == 0 and store.get(plan.artifact_id) is not None
+        run_training(
+            store,
+            plan,
+            run_dir,
+            resume=resume,
+            flow_run_id=flow_run_id,
+            on_progress=progress.update,
+            on_line=logger.info,
+        )
     finally:
-        stop_group(process)
         progress.close()
-        logger.info(clear_run(run_dir, published))  # a cancelled run's leftovers too
-    if code != 0:
-        last = "\n".join(tail)
-        raise RuntimeError(f"training {plan.artifact_id} failed (exit {code}):\n{last}")
     progress.complete()
-
-
-def stop_group(process: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the process's group, then SIGKILL whatever is left after `grace_s`."""
-    if process.poll() is not None and not _group_alive(process.pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _group_alive(process.pid):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace_s)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TrainingProgress:

@@ -18,13 +18,7 @@ from typing import Any
 
 import yaml
 
-from bertflow.model.evaluation.report import (
-    INTRINSIC,
-    downstream_table,
-    fmt,
-    markdown_table,
-    selection_lines,
-)
+from bertflow.model.tables import INTRINSIC, markdown_table
 from bertflow.pipeline.core.manifest import Manifest
 from bertflow.pipeline.core.store import ArtifactStore
 
@@ -48,14 +42,16 @@ class ModelFacts:
         return cls(manifest.id, manifest.config, manifest.upstream, manifest.layout, manifest.stats)
 
 
-def latest_evaluation(store: ArtifactStore, model_id: str) -> Manifest | None:
-    """The most recent evaluation artifact of `model_id` in the store, if any."""
-    evaluations = [m for m in store.list("evaluation") if m.upstream.get("model") == model_id]
-    return evaluations[-1] if evaluations else None
+@dataclass(frozen=True)
+class CardEvaluation:
+    """What an evaluation adds to the card: its section's lines and the model-index results."""
+
+    lines: list[str]
+    results: list[dict[str, Any]]
 
 
 def render_model_card(
-    store: ArtifactStore, model: ModelFacts, evaluation: Manifest | None = None
+    store: ArtifactStore, model: ModelFacts, evaluation: CardEvaluation | None = None
 ) -> str:
     """Front matter, then the recipe, the data, the training and the evaluation."""
     phases = training_phases(store, model)
@@ -73,7 +69,7 @@ def render_model_card(
     lines += _recipe(model, shards)
     lines += _data(store, phases)
     lines += _training(store, phases)
-    lines += _evaluation(model, evaluation)
+    lines += evaluation.lines if evaluation is not None else _no_evaluation(model)
     return "\n".join(lines) + "\n"
 
 
@@ -88,7 +84,7 @@ def training_phases(store: ArtifactStore, model: ModelFacts) -> list[ModelFacts]
     return phases
 
 
-def front_matter(model: ModelFacts, evaluation: Manifest | None) -> dict[str, Any]:
+def front_matter(model: ModelFacts, evaluation: CardEvaluation | None) -> dict[str, Any]:
     objective = model.layout.get("objective", "none")
     tags = ["bert", "bertflow", "masked-lm"] + ([objective] if objective in OBJECTIVES else [])
     meta: dict[str, Any] = {
@@ -97,41 +93,8 @@ def front_matter(model: ModelFacts, evaluation: Manifest | None) -> dict[str, An
         "tags": tags,
     }
     if evaluation is not None:
-        meta["model-index"] = [{"name": model.id, "results": _index_results(evaluation)}]
+        meta["model-index"] = [{"name": model.id, "results": evaluation.results}]
     return meta
-
-
-def _index_results(evaluation: Manifest) -> list[dict[str, Any]]:
-    """model-index results: each task's metrics (medians over seeds) and the intrinsic ones."""
-    results = []
-    for name, task in evaluation.stats.get("tasks", {}).items():
-        kind = "Regression" if task["problem"] == "regression" else "Text Classification"
-        metrics = []
-        for metric in task["metrics"]:
-            summary = task["model"][metric]
-            runs = len(summary["runs"])
-            label = metric if runs == 1 else f"{metric} (median of {runs} seeds)"
-            metrics.append({"type": metric, "value": summary["median"], "name": label})
-        results.append(
-            {
-                "task": {"type": "text-classification", "name": kind},
-                "dataset": {"name": name, "type": name, "split": task["evaluation_split"]},
-                "metrics": metrics,
-            }
-        )
-    intrinsic, shards = evaluation.stats.get("intrinsic", {}), evaluation.layout.get("shards")
-    measured = [(key, label) for key, label, _ in INTRINSIC if key in intrinsic]
-    if measured and shards:
-        results.append(
-            {
-                "task": {"type": "fill-mask", "name": "Masked language modelling"},
-                "dataset": {"name": f"{shards} validation", "type": shards, "split": "validation"},
-                "metrics": [
-                    {"type": key, "value": intrinsic[key], "name": label} for key, label in measured
-                ],
-            }
-        )
-    return results
 
 
 def _summary(model: ModelFacts) -> str:
@@ -301,32 +264,16 @@ def _tokens_seen(store: ArtifactStore, phase: ModelFacts) -> str:
     return _count(phase.stats["examples_seen"] * train["tokens"] / train["examples"])
 
 
-def _evaluation(model: ModelFacts, evaluation: Manifest | None) -> list[str]:
-    lines = ["## Evaluation", ""]
-    if evaluation is None:
-        return lines + [
-            "No evaluation of this model was in the store when this card was written: "
-            f"`bertflow evaluate --model {model.id} --task ...`, then "
-            f"`bertflow export {model.id} --out DIR`, writes one with its scores beside the "
-            "baselines.",
-            "",
-        ]
-    lines += [
-        f"From `{evaluation.id}` ({evaluation.created}), the latest evaluation of this "
-        "model in the store.",
+def _no_evaluation(model: ModelFacts) -> list[str]:
+    return [
+        "## Evaluation",
+        "",
+        "No evaluation of this model was in the store when this card was written: "
+        f"`bertflow evaluate --model {model.id} --task ...`, then "
+        f"`bertflow export {model.id} --out DIR`, writes one with its scores beside the "
+        "baselines.",
         "",
     ]
-    intrinsic = evaluation.stats.get("intrinsic", {})
-    rows = [[label, fmt(intrinsic[key], key)] for key, label, _ in INTRINSIC if key in intrinsic]
-    if rows:
-        lines += ["Intrinsic, on the validation shards at fixed 15% masks:", ""]
-        lines += [*markdown_table(["metric", "value"], rows), ""]
-    tasks = evaluation.stats.get("tasks", {})
-    if tasks:
-        head, rows = downstream_table(tasks, evaluation.config)
-        lines += ["Fine-tuned on downstream tasks, beside the baselines on the same split:", ""]
-        lines += [*markdown_table(head, rows, text_columns=3), "", *selection_lines(tasks)]
-    return lines
 
 
 def _hardware(stats: dict[str, Any]) -> str:

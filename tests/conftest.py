@@ -21,6 +21,19 @@ from bertflow.pipeline.core.store import ArtifactStore
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where CUDA is available and are skipped, saying so, elsewhere."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu:
+        item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """The S3 wire protocol, served by moto on 127.0.0.1 for the whole session; yields its URL."""
@@ -113,7 +126,7 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> TinyShards:
 
 def tiny_training(**changes: Any) -> Any:
     """A TrainConfig small and fast enough for tests on a CPU."""
-    from bertflow.model.training.train import TrainConfig
+    from bertflow.model.training.config import TrainConfig
 
     fields = dict(
         preset="tiny",
@@ -135,7 +148,8 @@ def tiny_training(**changes: Any) -> Any:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_shards: TinyShards, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny model trained for 12 steps on `tiny_shards` (in this process); its artifact id."""
-    from bertflow.model.training.train import plan_pretrain, train
+    from bertflow.model.training.plan import plan_pretrain
+    from bertflow.model.training.train import train
 
     store = ArtifactStore(tiny_shards.store_url)
     plan = plan_pretrain(store, tiny_shards.shards_id, tiny_training())

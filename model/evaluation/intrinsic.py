@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bertflow.model.bert import BertForPreTraining
 from bertflow.model.training.loader import ShardDataset, validation_config
-from bertflow.model.training.train import VALIDATION_SEED
+from bertflow.model.training.plan import VALIDATION_SEED
 from bertflow.pipeline.core.store import ArtifactStore
 
 

@@ -3,13 +3,13 @@ downstream table beside its baselines), the comparison with the previous evaluat
 task set, the side-by-side table of several evaluations, and the curves PNG.
 
 Everything here reads manifests and stats; nothing trains or evaluates. Only the curves need
-matplotlib (and `report.py`, which imports Lightning), so they import them when they run: showing
-and comparing evaluations from the command line stays light.
+matplotlib, so they import it when they run: showing and comparing evaluations from the command
+line stays light.
 """
 
 from __future__ import annotations
 
-import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +18,12 @@ from typing import Any
 import numpy as np
 
 from bertflow.model.evaluation.metrics import HIGHER_IS_BETTER
+from bertflow.model.tables import INTRINSIC, fmt, markdown_table
+from bertflow.model.training.history import plot_pretraining_losses, read_history
 from bertflow.pipeline.core.lineage import lineage
 from bertflow.pipeline.core.manifest import Manifest
 from bertflow.pipeline.core.store import ArtifactStore
 
-INTRINSIC = (  # (key, label, higher is better)
-    ("mlm_loss", "MLM loss", False),
-    ("mlm_acc", "MLM accuracy", True),
-    ("perplexity", "perplexity", False),
-    ("nsp_acc", "NSP/SOP accuracy", True),
-)
 TRAINING_FIELDS = (
     "preset",
     "max_steps",
@@ -40,16 +36,6 @@ TRAINING_FIELDS = (
     "seed",
 )
 BASELINE_LABELS = {"tfidf": "TF-IDF", "random-init": "random init"}
-
-
-def fmt(value: float | None, metric: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if metric == "perplexity":
-        return f"{value:,.1f}"
-    if metric == "examples" or metric == "masked_tokens":
-        return f"{value:,.0f}"
-    return f"{value:.4f}"
 
 
 def spread(summary: dict[str, Any]) -> str:
@@ -160,12 +146,6 @@ def downstream_section(
         "",
     ]
     return lines
-
-
-def markdown_table(head: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
-    """A markdown table's lines: the first `text_columns` aligned left, numbers right."""
-    rule = "|" + "---|" * text_columns + "---:|" * (len(head) - text_columns)
-    return ["| " + " | ".join(head) + " |", rule, *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def downstream_table(
@@ -401,10 +381,6 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bertflow.model.training.report import (
-        plot_pretraining_losses,  # Lightning: only when plotting
-    )
-
     history = _model_history(store, model)
     fig, (left, right, scores) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     plot_pretraining_losses(left, history)
@@ -447,10 +423,6 @@ def plot_curves(
 
 
 def _model_history(store: ArtifactStore, model: Manifest) -> list[dict[str, float]]:
-    import tempfile
-
-    from bertflow.model.training.report import read_history
-
     logs = model.layout.get("logs", "logs")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "metrics.csv"

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertflow.model.bert_config import BertConfig, preset
+from bertflow.pipeline.core.literals import Schedule
 
 
 class TrainConfig(BaseModel):
@@ -42,7 +43,7 @@ class TrainConfig(BaseModel):
     warmup_steps: int | None = Field(
         None, ge=0, description="Linear warm-up steps (default: 1% of max_steps, one-cycle: 30%)."
     )
-    schedule: Literal["linear", "one-cycle"] = Field(
+    schedule: Schedule = Field(
         "linear", description="After warm-up: linear decay to 0 (BERT), or cosine annealing."
     )
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay (not on biases, norms).")

@@ -59,7 +59,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -68,13 +68,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bertflow.pipeline.core.literals import Masking, Split
 from bertflow.pipeline.core.seeds import derive_seed
 from bertflow.pipeline.core.store import ArtifactStore
 from bertflow.pipeline.shards.format import VOCAB_FILE, length_bin, masking_rule, split_entries
 from bertflow.pipeline.shards.masking import IGNORE_INDEX, MaskingRule, mask_batch
 
-Split = Literal["train", "validation"]
-Masking = Literal["dynamic", "static"]
 Batch = dict[str, torch.Tensor]
 
 VALIDATION_MLM_PROB = 0.15

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -29,8 +29,8 @@ from bertflow.model.training.loader import (
     make_dataloader,
     validation_config,
 )
-
-Schedule = Literal["linear", "one-cycle"]
+from bertflow.pipeline.core.literals import Schedule
+from bertflow.pipeline.core.store import ArtifactStore
 
 # Dense bf16 tensor-core peak per GPU, FLOP/s, from the vendors' data sheets (the "with sparsity"
 # figures are twice these). Matched against torch.cuda.get_device_name(), first match wins.
@@ -418,8 +418,6 @@ class ShardDataModule(L.LightningDataModule):
         )
 
     def has_validation(self) -> bool:
-        from bertflow.pipeline.core.store import ArtifactStore
-
         manifest = ArtifactStore(self.store_url).require(self.shards_id)
         return int(manifest.stats.get("validation", {}).get("examples", 0)) > 0
 

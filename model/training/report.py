@@ -5,28 +5,24 @@ metrics)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
 from bertflow.model.export import TOKENIZER_FILES, export_hf
 from bertflow.model.model_card import MODEL_CARD_FILE, ModelFacts, render_model_card
-from bertflow.model.training.train import PROGRESS_PREFIX
+from bertflow.model.training.history import METRICS_CSV, plot_losses, write_history
+from bertflow.model.training.launcher import PROGRESS_PREFIX
+from bertflow.model.training.module import PretrainingModule
+from bertflow.model.training.plan import PretrainPlan
 from bertflow.pipeline.core.store import ArtifactStore, Published
-
-if TYPE_CHECKING:
-    from bertflow.model.training.module import PretrainingModule
-    from bertflow.model.training.train import PretrainPlan
-
-METRICS_CSV = "logs/metrics.csv"
 
 
 class ProgressPrinter(L.Callback):
@@ -107,19 +103,6 @@ class StepCheckpoint(Checkpoint):
         trainer.strategy.barrier("bertflow-checkpoint")
 
 
-def write_history(history: list[dict[str, float]], path: Path) -> None:
-    """The run's logged records as a CSV: `step`, then every metric, a row per record."""
-    import csv
-
-    columns = ["step", *sorted({k for r in history for k in r} - {"step"})]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, lineterminator="\n")
-        writer.writeheader()
-        for record in history:
-            writer.writerow({**record, "step": int(record["step"])})
-
-
 def _fmt(value: float) -> str:
     if abs(value) >= 1e4:
         return f"{value:,.0f}"
@@ -184,19 +167,6 @@ def publish_model(
         )
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
-    """metrics.csv as rows holding the columns each row filled."""
-    import csv
-
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [
-            {k: float(v) for k, v in row.items() if v not in ("", None)}
-            for row in csv.DictReader(f)
-        ]
-
-
 def _stats(
     plan: PretrainPlan,
     history: list[dict[str, float]],
@@ -229,35 +199,3 @@ def _stats(
     if mfu:
         stats["mfu"] = round(sorted(mfu)[len(mfu) // 2], 4)
     return stats
-
-
-def plot_pretraining_losses(ax: Any, history: list[dict[str, float]]) -> None:
-    """Train loss, train MLM loss and validation MLM loss against the step, on `ax`."""
-    for key, label in (
-        ("train/loss", "train loss (MLM + NSP)"),
-        ("train/mlm_loss", "train MLM"),
-        ("val/mlm_loss", "validation MLM"),
-    ):
-        points = [(r["step"], r[key]) for r in history if key in r and math.isfinite(r[key])]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o" if key.startswith("val") else None, label=label)
-
-
-def plot_losses(history: list[dict[str, float]], out: Path, title: str) -> None:
-    """Training and validation loss against the step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    plot_pretraining_losses(ax, history)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)

@@ -18,179 +18,43 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import shutil
-import signal
 import sys
-import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from pydantic import BaseModel
 
-from bertflow.model.bert import BertConfig, parameter_count
-from bertflow.model.training.config import TrainConfig  # re-exported: importers keep this path
-from bertflow.model.training.loader import LoaderConfig, ShardDataset
+from bertflow.model.bert import load_hf_state_dict, parameter_count
+from bertflow.model.export import artifact_files, read_export
+from bertflow.model.training.config import TrainConfig
+from bertflow.model.training.launcher import PROGRESS_PREFIX, WATCH_PARENT_ENV, die_with_parent
+from bertflow.model.training.module import OptimConfig, PretrainingModule, ShardDataModule
+from bertflow.model.training.plan import (
+    CHECKPOINT_DIR,
+    INIT_FOLDER,
+    LAST_CHECKPOINT,
+    RUNS_ENV,
+    VALIDATION_SEED,
+    PretrainPlan,
+    check_upstream,
+    default_run_dir,
+    plan_pretrain,
+    train_loader_config,
+)
+from bertflow.model.training.report import ProgressPrinter, StepCheckpoint, publish_model
 from bertflow.pipeline.core.errors import InputError
-from bertflow.pipeline.core.manifest import Manifest, artifact_id
+from bertflow.pipeline.core.options import add_config_options, config_from_args
 from bertflow.pipeline.core.store import ArtifactStore, Published
-
-RUNS_ENV = "BERTFLOW_RUNS"
-PROGRESS_PREFIX = "bertflow-progress "  # stdout lines the Prefect task turns into progress
-WATCH_PARENT_ENV = "BERTFLOW_WATCH_PARENT"
-CHECKPOINT_DIR, LAST_CHECKPOINT = "checkpoints", "last.ckpt"
-RUNS_DIR = ".runs"  # in a local store: training run folders, beside the artifacts
-VALIDATION_SEED = 2024  # fixed masking seed of validation, the same for every model
-INIT_FOLDER = "hf"  # the export that --init-from reads of a model artifact
-INIT_FILES = (f"{INIT_FOLDER}/config.json", f"{INIT_FOLDER}/model.safetensors")
-
-
-@dataclass(frozen=True)
-class PretrainPlan:
-    config: TrainConfig
-    shards: Manifest
-    tokenizer_id: str
-    architecture: BertConfig
-    world_size: int
-    artifact_id: str
-
-    @property
-    def upstream(self) -> dict[str, str]:
-        up = {"shards": self.shards.id}
-        if self.config.init_from:
-            up["init"] = self.config.init_from
-        return up
-
-
-def plan_pretrain(store: ArtifactStore, shards_id: str, config: TrainConfig) -> PretrainPlan:
-    """Check everything that can be checked before training starts, and name the artifact."""
-    shards = store.require(shards_id, kind="shards")
-    tokenizer_id = shards.upstream["tokenizer"]
-    layout = shards.layout
-    architecture = config.architecture(int(layout["vocab_size"]))
-    if layout["max_seq_len"] > architecture.max_position_embeddings:
-        raise InputError(
-            f"{shards_id} holds sequences of up to {layout['max_seq_len']} tokens, more than the "
-            f"model's max_position_embeddings ({architecture.max_position_embeddings}); raise "
-            f"--max-position-embeddings or shard with --max-seq-len "
-            f"{architecture.max_position_embeddings}"
-        )
-    if config.init_from:
-        _check_init(store, config.init_from, tokenizer_id, architecture)
-    world_size = resolve_world_size(config)
-    _check_batch(store, shards_id, config, world_size)
-    model_id = artifact_id(
-        "model",
-        config={
-            "train": config.identity(),
-            "architecture": asdict(architecture),
-            "world_size": world_size,
-        },
-        upstream={"shards": shards_id, **({"init": config.init_from} if config.init_from else {})},
-    )
-    return PretrainPlan(config, shards, tokenizer_id, architecture, world_size, model_id)
-
-
-def _check_init(
-    store: ArtifactStore, model_id: str, tokenizer_id: str, architecture: BertConfig
-) -> None:
-    init = store.require(model_id, kind="model")
-    init_tokenizer = init.layout.get("tokenizer")
-    if init_tokenizer != tokenizer_id:
-        raise InputError(
-            f"--init-from {model_id} was trained with tokenizer {init_tokenizer}, but these "
-            f"shards were made with tokenizer {tokenizer_id}: token ids would mean different "
-            f"words; shard the corpus with {init_tokenizer}"
-        )
-    theirs = BertConfig(**init.layout["architecture"])
-    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size"):
-        if getattr(theirs, name) != getattr(architecture, name):
-            raise InputError(
-                f"--init-from {model_id} has {name} {getattr(theirs, name)}, this model "
-                f"{getattr(architecture, name)}: use the same preset and sizes"
-            )
-    if theirs.max_position_embeddings > architecture.max_position_embeddings:
-        raise InputError(
-            f"--init-from {model_id} has {theirs.max_position_embeddings} positions; "
-            f"--max-position-embeddings must be at least that"
-        )
-
-
-def resolve_world_size(config: TrainConfig) -> int:
-    """Processes that will train: devices per node x nodes (auto: all GPUs, else 1 CPU)."""
-    devices = config.devices.strip()
-    gpu = config.accelerator == "gpu" or (
-        config.accelerator == "auto" and torch.cuda.is_available()
-    )
-    if devices in ("auto", "-1"):
-        per_node = torch.cuda.device_count() if gpu else 1
-    elif "," in devices:
-        per_node = len([d for d in devices.split(",") if d.strip()])
-    else:
-        try:
-            per_node = int(devices)
-        except ValueError:
-            raise InputError(f"--devices {config.devices!r}: a count, a list or auto") from None
-        if per_node < 1:
-            raise InputError(f"--devices {config.devices!r}: must be at least 1")
-    return max(1, per_node) * config.num_nodes
-
-
-def _check_batch(store: ArtifactStore, shards_id: str, config: TrainConfig, world: int) -> None:
-    try:
-        ShardDataset(
-            store.url, shards_id, "train", _train_loader_config(config), rank=0, world_size=world
-        )
-    except ValueError as e:
-        raise InputError(f"--batch-size: {e}") from None
-
-
-def _train_loader_config(config: TrainConfig) -> LoaderConfig:
-    return LoaderConfig(
-        batch_size=config.batch_size,
-        seed=config.seed,
-        epochs=None,  # endless: training runs by max_steps
-        masking="dynamic" if config.mlm_prob is not None else None,
-        mlm_prob=config.mlm_prob,
-    )
-
-
-# -- training ------------------------------------------------------------------------------------
-
-
-def default_run_dir(store: ArtifactStore, model_id: str) -> Path:
-    """Where a training run keeps its checkpoints and logs until its model is published:
-    `$BERTFLOW_RUNS/<id>` when that is set; else beside a local store's artifacts
-    (`<store>/.runs/<id>`), so one store is one place; else, for an object store,
-    `~/.bertflow/runs/<id>` (checkpoints are written to a filesystem)."""
-    if root := os.environ.get(RUNS_ENV):
-        return Path(root).expanduser() / model_id
-    if store.is_local:
-        return Path(store.root) / RUNS_DIR / model_id
-    return Path.home() / ".bertflow" / "runs" / model_id
-
-
-def clear_run(run_dir: Path, published: bool) -> str:
-    """Clear what a training run leaves in its folder, and say what was done. Once the model is
-    published its artifact holds the logs and the last checkpoint, so nothing is kept; after a
-    failure or a cancel the checkpoints and logs stay for `--resume` when a checkpoint was
-    written, and go when none was (there is nothing to resume). Only the run's own files are
-    touched, so a `--run-dir` that holds other things keeps them."""
-    checkpoints = run_dir / CHECKPOINT_DIR
-    if not published and any(checkpoints.glob("*.ckpt")):
-        return f"kept {run_dir} for --resume (delete it to start over)"
-    for own in (checkpoints, run_dir / "logs"):
-        shutil.rmtree(own, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()  # only when nothing else is in it
-    return f"removed the run folder {run_dir}" + ("" if published else " (no checkpoint)")
 
 
 @dataclass
@@ -210,12 +74,6 @@ def train(
     flow_run_id: str | None = None,
 ) -> TrainOutcome:
     """Train until max_steps (or until a callback stops it); rank 0 then publishes."""
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from bertflow.model.training.module import OptimConfig, PretrainingModule, ShardDataModule
-    from bertflow.model.training.report import ProgressPrinter, StepCheckpoint, publish_model
-
     c = plan.config
     if os.environ.get("LOCAL_RANK", "0") == "0":  # once per node: its other ranks skip it
         check_upstream(store, plan)
@@ -245,7 +103,7 @@ def train(
     data = ShardDataModule(
         store.url,
         plan.shards.id,
-        _train_loader_config(c),
+        train_loader_config(c),
         num_workers=c.num_workers,
         pin_memory=torch.cuda.is_available() and c.accelerator != "cpu",
         seed=c.seed,
@@ -308,14 +166,6 @@ def train(
     return TrainOutcome(True, trainer.global_step, published)
 
 
-def check_upstream(store: ArtifactStore, plan: PretrainPlan) -> None:
-    """Every file training reads, checked against its manifest before the first step: the
-    shards (both splits and the vocabulary) and, when training continues a model, its weights."""
-    store.check_intact(plan.shards)
-    if plan.config.init_from:
-        store.check_intact(store.require(plan.config.init_from, "model"), INIT_FILES)
-
-
 def resolve_precision(config: TrainConfig) -> str:
     if config.precision != "auto":
         return config.precision
@@ -342,8 +192,6 @@ def _device_name(device: torch.device) -> str:
 def _quiet_warnings() -> Iterator[None]:
     """Silence Lightning's advice that does not apply (iterable loaders have no length), and a
     deprecation inside Lightning that only its next release can fix."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
@@ -379,9 +227,6 @@ def quiet_lightning_logs() -> None:
 
 def load_weights(store: ArtifactStore, model_id: str, model: torch.nn.Module) -> None:
     """Initialise from a model artifact's exported weights (positions beyond theirs stay new)."""
-    from bertflow.model.bert import load_hf_state_dict
-    from bertflow.model.export import artifact_files, read_export
-
     _, state = read_export(artifact_files(store, model_id, INIT_FOLDER))
     name = "bert.embeddings.position_embeddings.weight"
     own = model.state_dict()[name]
@@ -392,32 +237,10 @@ def load_weights(store: ArtifactStore, model_id: str, model: torch.nn.Module) ->
     load_hf_state_dict(model, state)
 
 
-# -- process hygiene ------------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """When launched by the Prefect task: if that process goes away (killed, even by SIGKILL),
-    take this whole process group (all local ranks and loader workers) down with it."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="bertflow-parent-watch", daemon=True).start()
-
-
 # -- command line ---------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bertflow.pipeline.core.options import add_config_options, config_from_args
-
     parser = argparse.ArgumentParser(
         prog="python -m bertflow.model.training",
         description="Pretrain BERT on a shards artifact (every rank runs this same command).",

@@ -19,7 +19,8 @@ from prefect.settings import get_current_settings
 from prefect_records import PrefectRecords, poll
 
 from bertflow.flows.pretrain import pretrain_flow
-from bertflow.model.training.train import LightningChatter, plan_pretrain
+from bertflow.model.training.plan import plan_pretrain
+from bertflow.model.training.train import LightningChatter
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.store import ArtifactStore
 
@@ -43,7 +44,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FLOW_SCRIPT = """
 import sys
 from bertflow.flows.pretrain import pretrain_flow
-from bertflow.model.training.train import TrainConfig
+from bertflow.model.training.config import TrainConfig
 
 shards_id, store_url, run_dir, config_json = sys.argv[1:]
 config = TrainConfig.model_validate_json(config_json)

@@ -20,7 +20,6 @@ from bertflow.model.evaluation.metrics import HIGHER_IS_BETTER
 from bertflow.model.evaluation.report import (
     changes,
     comparison_table,
-    fmt,
     metric_rows,
     previous_evaluation,
     render_text_table,
@@ -35,6 +34,7 @@ from bertflow.model.evaluation.stage import (
     training_sample,
 )
 from bertflow.model.evaluation.tasks import TaskSpec, TaskSplit, read_task
+from bertflow.model.tables import fmt
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.store import ArtifactStore, StoreError
 

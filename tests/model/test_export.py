@@ -14,11 +14,11 @@ from toy_task import write_toy_task
 
 from bertflow.flows.cli import main
 from bertflow.model.bert import BertConfig, BertForPreTraining
-from bertflow.model.evaluation.report import fmt
 from bertflow.model.evaluation.stage import EvaluateConfig, run_evaluation
 from bertflow.model.evaluation.task_spec import TaskSpec
 from bertflow.model.export import EXPORT_FILES
 from bertflow.model.model_card import MODEL_CARD_FILE
+from bertflow.model.tables import fmt
 from bertflow.pipeline.core.store import ArtifactStore
 
 transformers = pytest.importorskip("transformers")

@@ -16,10 +16,12 @@ import torch
 from pydantic import ValidationError
 
 from bertflow.model.bert import BertForPreTraining, tiny
+from bertflow.model.training.config import TrainConfig
+from bertflow.model.training.history import METRICS_CSV as METRICS
+from bertflow.model.training.history import read_history
 from bertflow.model.training.module import OptimConfig, lr_factor, parameter_groups
-from bertflow.model.training.report import METRICS_CSV as METRICS
-from bertflow.model.training.report import read_history
-from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+from bertflow.model.training.plan import plan_pretrain
+from bertflow.model.training.train import train
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.store import ArtifactStore
 
@@ -123,7 +125,9 @@ DDP_SCRIPT = textwrap.dedent(
     import json, os, sys
     from pathlib import Path
     import lightning as L
-    from bertflow.model.training.train import TrainConfig, plan_pretrain, train
+    from bertflow.model.training.config import TrainConfig
+    from bertflow.model.training.plan import plan_pretrain
+    from bertflow.model.training.train import train
     from bertflow.pipeline.core.store import ArtifactStore
 
     class Seen(L.Callback):
@@ -327,7 +331,7 @@ def test_training_entry_point_help_lists_the_options():
 
 
 def test_run_dir_defaults_beside_a_local_store_else_under_bertflow_runs(monkeypatch, tmp_path):
-    from bertflow.model.training.train import default_run_dir
+    from bertflow.model.training.plan import default_run_dir
 
     monkeypatch.delenv("BERTFLOW_RUNS", raising=False)
     local = ArtifactStore(str(tmp_path / "store"))
@@ -340,7 +344,7 @@ def test_run_dir_defaults_beside_a_local_store_else_under_bertflow_runs(monkeypa
 
 
 def test_a_failed_run_keeps_only_what_resume_needs_and_a_published_one_nothing(tmp_path):
-    from bertflow.model.training.train import clear_run
+    from bertflow.model.training.plan import clear_run
 
     def leftovers(name: str, checkpoint: bool) -> Path:
         run = tmp_path / name
@@ -373,3 +377,21 @@ def test_mixed_precision_trains_with_gradient_clipping(tiny_shards, training_con
     )
     outcome = train(store, plan_pretrain(store, tiny_shards.shards_id, config), tmp_path / "run")
     assert outcome.completed and outcome.published.manifest.stats["precision"] == "bf16-mixed"
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_bf16_training_learns_and_the_artifact_names_the_device(
+    tiny_shards, training_config, tmp_path
+):
+    """The path the CPU suite cannot take: CUDA, bf16 autocast, the fused optimizer, pinned
+    memory, loader workers. The loss falls as on the CPU, and the model says where it trained."""
+    store = ArtifactStore(tiny_shards.store_url)
+    config = training_config(
+        accelerator="gpu", precision="auto", max_steps=40, num_workers=2, grad_clip=1.0
+    )
+    outcome = train(store, plan_pretrain(store, tiny_shards.shards_id, config), tmp_path / "run")
+    stats = outcome.published.manifest.stats
+    assert stats["precision"] == "bf16-mixed"  # auto picks it on a GPU that has bf16
+    assert stats["device"] == torch.cuda.get_device_name(0)
+    assert stats["train_loss"] < stats["first_train_loss"] - 0.5
+    assert stats["tokens_per_s"] > 0 and stats["mfu"] > 0

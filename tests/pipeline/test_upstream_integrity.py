@@ -98,7 +98,8 @@ def test_shards_from_a_changed_tokenizer_are_refused(tiny_shards, tmp_path):
 def test_training_on_changed_shards_stops_before_the_first_step(
     tiny_shards, tmp_path, training_config
 ):
-    from bertflow.model.training.train import plan_pretrain, train
+    from bertflow.model.training.plan import plan_pretrain
+    from bertflow.model.training.train import train
 
     store = copied(tiny_shards.store_url, tmp_path)
     shard = store.require(tiny_shards.shards_id).layout["splits"]["train"][1]["path"]
