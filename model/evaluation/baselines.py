@@ -14,14 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
 
-Problem = Literal["classification", "regression"]
+from bertflow.pipeline.core.literals import Problem
 
 
 @dataclass(frozen=True)

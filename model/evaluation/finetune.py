@@ -16,7 +16,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,9 +24,8 @@ from tokenizers import Tokenizer
 
 from bertflow.model.bert import BertConfig, BertForSequenceClassification, Pooling
 from bertflow.model.training.module import OptimConfig, adamw, lr_factor
+from bertflow.pipeline.core.literals import PAD_ID, Problem
 
-Problem = Literal["classification", "regression"]
-PAD_ID = 0
 PAD_TO_MULTIPLE = 8
 LOSS_EVERY = 10  # optimizer steps per point of the training-loss curve
 

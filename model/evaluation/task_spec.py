@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.literals import Problem
 
 TaskFormat = Literal["auto", "glue", "csv", "tsv", "jsonl", "parquet"]
 GlueTask = Literal["sst2", "cola", "mrpc", "rte", "qnli", "stsb", "qqp", "mnli", "wnli"]
@@ -48,7 +49,7 @@ class TaskSpec(BaseModel):
         "exists, else the task has single texts.",
     )
     label_field: str = Field("label", min_length=1, description="Column with the label.")
-    problem: Literal["auto", "classification", "regression"] = Field(
+    problem: Literal["auto", Problem] = Field(
         "auto",
         description="'auto': string, boolean or whole-number labels are classes, other numbers "
         "are regression targets.",

@@ -32,11 +32,11 @@ import pyarrow.parquet as pq
 
 from bertflow.model.evaluation.task_spec import GlueTask, TaskSpec  # TaskSpec re-exported from here
 from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.literals import Problem
 from bertflow.pipeline.core.manifest import InputFingerprint, sha256_file, sha256_stream
 from bertflow.pipeline.core.store import is_local_fs
 from bertflow.pipeline.ingest import demo_task
 
-Problem = Literal["classification", "regression"]
 FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
 LabelKind = Literal["string", "number", "boolean"]
 LabelValue = str | int | float | bool

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bertflow.pipeline.core.literals import DocSplit, Format
+
 
 class IngestConfig(BaseModel):
     """How raw text becomes a corpus. Every field but `workers` shapes the artifact's id."""
@@ -19,13 +21,13 @@ class IngestConfig(BaseModel):
         min_length=1,
         description="Files, folders, globs, fsspec URLs (s3://...), or 'demo' / 'demo-small'.",
     )
-    format: Literal["auto", "text", "markdown", "jsonl", "json", "parquet", "wikipedia"] = Field(
+    format: Literal["auto", Format] = Field(
         "auto", description="Input format; 'auto' infers it from each file name."
     )
     text_field: str = Field(
         "text", min_length=1, description="JSON field / Parquet column with the text."
     )
-    doc_split: Literal["file", "blank-lines", "separator"] = Field(
+    doc_split: DocSplit = Field(
         "file",
         description="For text and markdown: one document per file, per blank-line-separated block, "
         "or per block between separator lines.",

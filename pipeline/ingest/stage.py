@@ -33,15 +33,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.literals import Split
 from bertflow.pipeline.core.parallel import run_tasks
 from bertflow.pipeline.core.progress import Progress, ProgressCallback
 from bertflow.pipeline.core.scratch import TEMP_PREFIX, scratch_folder
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.ingest.clean import SentenceLimits, document_sentences
 from bertflow.pipeline.ingest.config import IngestConfig  # re-exported: importers keep this path
-from bertflow.pipeline.ingest.corpus import CORPUS_SCHEMA, SPLITS, Split, write_corpus_file
-from bertflow.pipeline.ingest.formats import ReaderOptions, ReadTally, read_documents
+from bertflow.pipeline.ingest.corpus import CORPUS_SCHEMA, SPLITS, write_corpus_file
+from bertflow.pipeline.ingest.formats import ReaderOptions, read_documents
 from bertflow.pipeline.ingest.plan import IngestPlan, plan_ingest  # re-exported too
+from bertflow.pipeline.ingest.raw import ReadTally
 from bertflow.pipeline.ingest.sources import SourceFile
 
 SPILL_FLUSH_BYTES = 32 << 20

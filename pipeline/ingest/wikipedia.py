@@ -12,7 +12,7 @@ from mwparserfromhell.nodes import ExternalLink, Heading, HTMLEntity, Node, Tag,
 from mwparserfromhell.wikicode import Wikicode
 
 from bertflow.pipeline.core.errors import InputError
-from bertflow.pipeline.ingest.formats import RawDocument, ReadTally
+from bertflow.pipeline.ingest.raw import RawDocument, ReadTally
 
 # Link prefixes whose links are not prose: English names, extended by the dump's own namespace
 # names for Media (-2), File (6) and Category (14) so that e.g. German "Datei:" is dropped too.

@@ -5,12 +5,11 @@ building or checking one needs no `tokenizers` or Arrow."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if TYPE_CHECKING:
-    from bertflow.pipeline.ingest.corpus import Split
+from bertflow.pipeline.core.literals import Masking, Objective, Split
 
 
 class ShardConfig(BaseModel):
@@ -35,10 +34,10 @@ class ShardConfig(BaseModel):
         description="Passes over the corpus, each pairing sentences anew (default: 1 with dynamic "
         "masking, 5 with static).",
     )
-    objective: Literal["nsp", "sop", "none"] = Field(
+    objective: Objective = Field(
         "nsp", description="Next-sentence, sentence-order (ALBERT) or no pair objective (RoBERTa)."
     )
-    masking: Literal["dynamic", "static"] = Field(
+    masking: Masking = Field(
         "dynamic", description="Mask at load time (new each epoch) or once here, stored."
     )
     mlm_prob: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens to predict.")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import random
 from itertools import chain
-from typing import Literal
 
-Objective = Literal["nsp", "sop", "none"]
+from bertflow.pipeline.core.literals import Objective
+
 Document = list[list[int]]
 # (token ids with [CLS]/[SEP], length of "[CLS] A [SEP]", label): label 1 = B is a random next
 # (nsp) or A and B are swapped (sop); -1 when there is no pair (objective "none").

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from bertflow.pipeline.core.literals import CLS, MASK, PAD, SEP, UNK
 from bertflow.pipeline.core.manifest import Manifest
 from bertflow.pipeline.core.store import StoreError
 from bertflow.pipeline.shards.masking import MaskingRule
 
 VOCAB_FILE = "vocab.txt"
 UINT16_VOCAB = 1 << 16
-SPECIAL_NAMES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+SPECIAL_NAMES = {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK}
 
 
 def token_type(vocab_size: int) -> pa.DataType:

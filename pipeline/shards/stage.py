@@ -32,13 +32,14 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.literals import MASK, Split
 from bertflow.pipeline.core.manifest import Manifest, artifact_id
 from bertflow.pipeline.core.parallel import Report, run_tasks
 from bertflow.pipeline.core.progress import Progress, ProgressCallback
 from bertflow.pipeline.core.scratch import TEMP_PREFIX, scratch_folder, sweep
 from bertflow.pipeline.core.seeds import derive_seed, python_rng
 from bertflow.pipeline.core.store import ArtifactStore, Published, StoreError
-from bertflow.pipeline.ingest.corpus import SPLITS, Split, split_files
+from bertflow.pipeline.ingest.corpus import SPLITS, split_files
 from bertflow.pipeline.shards.config import ShardConfig  # re-exported: importers keep this path
 from bertflow.pipeline.shards.examples import Example, document_examples
 from bertflow.pipeline.shards.format import (
@@ -378,7 +379,7 @@ class _PieceWriter:
                 [tokenizer.id_to_token(i) for i in range(self.vocab_size)]
             )
             self.rule = MaskingRule(
-                mask_id=tokenizer.token_to_id("[MASK]"),
+                mask_id=tokenizer.token_to_id(MASK),
                 special=special,
                 continuation=continuation,
                 mlm_prob=config.mlm_prob,

@@ -31,18 +31,11 @@ from tokenizers import (
 )
 
 from bertflow.pipeline.core.errors import InputError
+from bertflow.pipeline.core.literals import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK
 from bertflow.pipeline.core.manifest import InputFingerprint, Manifest, artifact_id, sha256_file
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.ingest.corpus import iter_documents
-from bertflow.pipeline.tokenizer.config import (  # re-exported: importers keep these paths
-    CLS,
-    MASK,
-    PAD,
-    SEP,
-    SPECIAL_TOKENS,
-    UNK,
-    TokenizerConfig,
-)
+from bertflow.pipeline.tokenizer.config import TokenizerConfig
 
 MODEL_MAX_LENGTH = 512
 CHAR_COUNT_BATCH = 1 << 20  # characters per numpy count: its buffers are 12x this in bytes

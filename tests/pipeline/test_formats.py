@@ -19,13 +19,12 @@ from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.ingest import formats
 from bertflow.pipeline.ingest.formats import (
     Format,
-    RawDocument,
     ReaderOptions,
-    ReadTally,
     detect_format,
     markdown_to_text,
     read_documents,
 )
+from bertflow.pipeline.ingest.raw import RawDocument, ReadTally
 
 COMPRESSORS = {
     "": lambda data: data,

@@ -14,7 +14,8 @@ from xml.sax.saxutils import escape
 import pytest
 
 from bertflow.pipeline.core.errors import InputError
-from bertflow.pipeline.ingest.formats import RawDocument, ReaderOptions, ReadTally, read_documents
+from bertflow.pipeline.ingest.formats import ReaderOptions, read_documents
+from bertflow.pipeline.ingest.raw import RawDocument, ReadTally
 from bertflow.pipeline.ingest.wikipedia import iter_wiki_documents, skip_reason, wiki_to_text
 
 ARTICLE = """{{Short description|Mathematician}}
