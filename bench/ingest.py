@@ -18,15 +18,13 @@ get a distinct first line so deduplication keeps them all. Rows of the table:
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from blingfire import text_to_sentences
+from child import run_child
 
 from bertflow.pipeline.ingest.demo_task import pretraining_speeches
 
@@ -75,17 +73,11 @@ def _segment_file(path: Path) -> int:
 def floor(folder: Path, processes: int) -> float:
     """Seconds to read every file and split it into sentences, nothing else, in a child process:
     a child's ru_maxrss starts at its parent's, so the parent stays small."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--floor", str(folder), str(processes)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
+    return run_child("ingest", "floor_here", [str(folder), processes])
 
 
-def _floor_here(folder: Path, processes: int) -> float:
-    files = sorted(folder.rglob("*.txt"))
+def floor_here(folder: str, processes: int) -> float:
+    files = sorted(Path(folder).rglob("*.txt"))
     started = time.perf_counter()
     if processes == 1:
         for f in files:
@@ -96,43 +88,35 @@ def _floor_here(folder: Path, processes: int) -> float:
     return time.perf_counter() - started
 
 
-RUN_INGEST = """
-import json, resource, sys, time
-from bertflow.pipeline.ingest.stage import IngestConfig, ingest
-from bertflow.pipeline.core.store import ArtifactStore
-source, store_dir, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-started = time.perf_counter()
-published = ingest(IngestConfig(sources=[source], workers=workers), ArtifactStore(store_dir))
-seconds = time.perf_counter() - started
-started = time.perf_counter()
-assert ingest(IngestConfig(sources=[source], workers=workers), ArtifactStore(store_dir)).cached
-cached_seconds = time.perf_counter() - started
-stats = published.manifest.stats
-print(json.dumps({
-    "seconds": seconds,
-    "cached_seconds": cached_seconds,
-    "documents": stats["documents_read"],
-    "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-    "workers_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-}))
-"""
+def ingest_here(folder: str, store: str, workers: int) -> dict:
+    """The stage on `folder` into an empty `store`, then again (cached); seconds and peak RSS."""
+    import resource
+
+    from bertflow.pipeline.core.store import ArtifactStore
+    from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+
+    config = IngestConfig(sources=[folder], workers=workers)
+    started = time.perf_counter()
+    published = ingest(config, ArtifactStore(store))
+    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    assert ingest(config, ArtifactStore(store)).cached
+    cached_seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "cached_seconds": cached_seconds,
+        "documents": published.manifest.stats["documents_read"],
+        "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "workers_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    }
 
 
 def run_ingest(folder: Path, store: Path, workers: int) -> dict:
     shutil.rmtree(store, ignore_errors=True)
-    out = subprocess.run(
-        [sys.executable, "-c", RUN_INGEST, str(folder), str(store), str(workers)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child("ingest", "ingest_here", [str(folder), str(store), workers])
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--floor"]:
-        print(_floor_here(Path(sys.argv[2]), int(sys.argv[3])))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=100)
     parser.add_argument("--big-mb", type=float, default=400)

@@ -8,7 +8,8 @@ One corpus (bench/ingest.py's demo corpus repeated to `--mb`, ingested once into
 `<workdir>/tokenizer-store` and reused later, as bench/tokenizer.py does) and one tokenizer
 trained on it (`make_tokenizer`, vocabulary 30522) serve every contender:
 
-- (a) the reference, `/work/shared/bench/reference_pretraining_data.py`: Google's
+- (a) the reference, `$BERTFLOW_SHARD_REFERENCE` or `../shared/bench/reference_pretraining_data.py`
+  beside the checkout: Google's
   `create_pretraining_data` in plain single-process Python, static masking, dupe factor 1, fed the
   corpus artifact's train split exported to one sentence per line;
 - (b) the floor: the train split's sentences read from the corpus Parquet (a row group at a time,
@@ -32,82 +33,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import resource
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-REFERENCE = Path("/work/shared/bench/reference_pretraining_data.py")
+from child import run_child
+
+REFERENCE_ENV = "BERTFLOW_SHARD_REFERENCE"  # else the shared bench folder beside the checkout
+REFERENCE_NAME = "reference_pretraining_data.py"
 STORE_DIR = "tokenizer-store"  # shared with bench/tokenizer.py: its corpora are reused
 GOAL_VS_REFERENCE = 2 / 3  # the stage with 2 workers takes at most this share of (a)'s time
 GOAL_VS_FLOOR = 1.2  # ... and at most this multiple of (b)'s
 FLAT_RSS = 1.25  # "flat": the big corpus's peak within this multiple of the small one's
 
-# Build (or reuse) the corpus folder, its corpus artifact and, when asked, its tokenizer.
-PREPARE = """
-import importlib.util, json, sys
-from pathlib import Path
-import pyarrow.parquet as pq
-from bertflow.pipeline.ingest.corpus import split_files
-from bertflow.pipeline.ingest.stage import IngestConfig, ingest
-from bertflow.pipeline.core.store import ArtifactStore
-from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
-bench_ingest, folder, size, store_dir, vocab_size = sys.argv[1:6]
-spec = importlib.util.spec_from_file_location("bench_ingest", bench_ingest)
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)  # bench/ingest.py's corpus builder: bench is not a package
-n_files, n_bytes = module.build_corpus(Path(folder), float(size))
-store = ArtifactStore(store_dir)
-published = ingest(IngestConfig(sources=[folder], workers=2), store)
-corpus = published.manifest
-root = store.local_path(corpus.id)
-train_files = [str(root / relpath) for relpath in split_files(corpus, "train")]
-out = {
-    "id": corpus.id,
-    "files": n_files,
-    "bytes": n_bytes,
-    "cached": published.cached,
-    "train_files": train_files,
-    "train_sentences": sum(  # values of the sentences column, from the files' metadata
-        meta.row_group(g).column(2).num_values
-        for meta in (pq.ParquetFile(f).metadata for f in train_files)
-        for g in range(meta.num_row_groups)
-    ),
-}
-if int(vocab_size):
-    tokenizer = make_tokenizer(store, corpus.id, TokenizerConfig(vocab_size=int(vocab_size)))
-    out["tokenizer_id"] = tokenizer.manifest.id
-    out["tokenizer_cached"] = tokenizer.cached
-    out["tokenizer_json"] = str(store.local_path(tokenizer.manifest.id) / "tokenizer.json")
-print(json.dumps(out))
-"""
 
-# The train split as the reference reads it: one sentence per line, a blank line between documents.
-EXPORT = """
-import json, os, sys
-import pyarrow.parquet as pq
-out, files = sys.argv[1], sys.argv[2:]
-documents = sentences = altered = 0
-with open(out + ".partial", "w", encoding="utf-8") as f:
-    for path in files:
-        parquet = pq.ParquetFile(path)
-        for group in range(parquet.num_row_groups):
-            column = parquet.read_row_group(group, columns=["sentences"]).column(0)
-            for doc in column.to_pylist():
-                # the reference strips each line and reads an empty one as a document break
-                altered += sum(s != s.strip() or not s.strip() or "\\n" in s for s in doc)
-                f.write("\\n".join(doc) + "\\n\\n")
-                documents += 1
-                sentences += len(doc)
-os.replace(out + ".partial", out)
-print(json.dumps({"documents": documents, "sentences": sentences, "altered": altered}))
-"""
-
-# Prepended to every contender: its peak RSS and CPU time, this process and its children apart.
-USAGE = """
-import resource
-def usage():
+def usage() -> dict[str, float]:
+    """Peak RSS and CPU time of this process and of its children, apart."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
@@ -115,105 +59,156 @@ def usage():
         "children_kb": children.ru_maxrss,
         "cpu_s": sum(u.ru_utime + u.ru_stime for u in (own, children)),
     }
-"""
 
-# (a): the reference script, run in this process so that RUSAGE_SELF is its peak.
-RUN_REFERENCE = (
-    USAGE
-    + """
-import contextlib, io, json, runpy, sys
-script, args = sys.argv[1], sys.argv[2:]
-sys.argv = [script, *args]
-printed = io.StringIO()
-with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
-    runpy.run_path(script, run_name="__main__")
-result = json.loads(printed.getvalue().strip().splitlines()[-1])
-print(json.dumps({
-    "seconds": result["seconds"],
-    "examples": result["instances"],
-    "tokens": result["tokens"],
-    **usage(),
-}))
-"""
-)
 
-# (b): read row groups into Python lists, encode them, count tokens; reading timed on its own.
-RUN_FLOOR = (
-    USAGE
-    + """
-import json, sys, time
-import pyarrow.parquet as pq
-from tokenizers import Tokenizer
-tokenizer_json, method, files = sys.argv[1], sys.argv[2], sys.argv[3:]
-started = time.perf_counter()
-tokenizer = Tokenizer.from_file(tokenizer_json)
-encode = getattr(tokenizer, method)
-reading, sentences, tokens = 0.0, 0, 0
-for path in files:
-    parquet = pq.ParquetFile(path)
-    for group in range(parquet.num_row_groups):
-        read_started = time.perf_counter()
-        column = parquet.read_row_group(group, columns=["sentences"]).column(0)
-        flat = column.combine_chunks().flatten().to_pylist()
-        reading += time.perf_counter() - read_started
-        sentences += len(flat)
-        tokens += sum(map(len, encode(flat, add_special_tokens=False)))
-print(json.dumps({
-    "seconds": time.perf_counter() - started,
-    "reading": reading,
-    "sentences": sentences,
-    "tokens": tokens,
-    **usage(),
-}))
-"""
-)
+def prepared_corpus(folder: str, size_mb: float, store_dir: str, vocab_size: int) -> dict:
+    """Build (or reuse) the corpus folder, its corpus artifact and, when asked, its tokenizer."""
+    import pyarrow.parquet as pq
+    from tokenizer import ingested_corpus
 
-# (c): make_shards from scratch (a previous artifact of the same id is removed first, and the new
-# one after), optionally under cProfile, which sees everything only with workers=1 (in-process).
-RUN_STAGE = (
-    USAGE
-    + """
-import cProfile, io, json, pstats, shutil, sys, time
-from bertflow.pipeline.shards.stage import ShardConfig, make_shards, plan_shards
-from bertflow.pipeline.core.store import ArtifactStore
-store_dir, corpus_id, tokenizer_id, config_json, top = sys.argv[1:6]
-store = ArtifactStore(store_dir)
-config = ShardConfig(**json.loads(config_json))
-plan = plan_shards(store, corpus_id, tokenizer_id, config)
-shutil.rmtree(store.local_path(plan.artifact_id), ignore_errors=True)  # always build, never reuse
-profiler = cProfile.Profile() if int(top) else None
-started = time.perf_counter()
-if profiler:
-    profiler.enable()
-published = make_shards(store, corpus_id, tokenizer_id, config)
-if profiler:
-    profiler.disable()
-seconds = time.perf_counter() - started
-assert not published.cached
-stats = published.manifest.stats
-shutil.rmtree(store.local_path(plan.artifact_id))
-out = {
-    "seconds": seconds,
-    "examples": stats["train"]["examples"],
-    "tokens": stats["train"]["tokens"],
-    "validation_examples": stats["validation"]["examples"],
-    "shard_rows": stats["train"]["shard_rows"],
-    **usage(),
-}
-if profiler:
-    listing = io.StringIO()
-    profile = pstats.Stats(profiler, stream=listing)
-    profile.sort_stats("tottime").print_stats(int(top))
-    out["listing"] = listing.getvalue()
-    cumulative = out["cumulative"] = {}  # "file:function": [calls, tottime, cumtime], summed
-    for (path, _, name), (_, calls, tottime, cumtime, _) in profile.stats.items():
-        key = path.rsplit("/", 1)[-1] + ":" + name
-        totals = cumulative.setdefault(key, [0, 0.0, 0.0])
-        for i, value in enumerate((calls, tottime, cumtime)):
-            totals[i] += value
-print(json.dumps(out))
-"""
-)
+    from bertflow.pipeline.core.store import ArtifactStore
+    from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
+
+    out = ingested_corpus(folder, size_mb, store_dir)
+    out["train_sentences"] = sum(  # values of the sentences column, from the files' metadata
+        meta.row_group(g).column(2).num_values
+        for meta in (pq.ParquetFile(f).metadata for f in out["train_files"])
+        for g in range(meta.num_row_groups)
+    )
+    if vocab_size:
+        store = ArtifactStore(store_dir)
+        tokenizer = make_tokenizer(store, out["id"], TokenizerConfig(vocab_size=vocab_size))
+        out["tokenizer_id"] = tokenizer.manifest.id
+        out["tokenizer_cached"] = tokenizer.cached
+        out["tokenizer_json"] = str(store.local_path(tokenizer.manifest.id) / "tokenizer.json")
+    return out
+
+
+def exported_text(out: str, files: list[str]) -> dict[str, int]:
+    """The train split as the reference reads it: one sentence per line, a blank line between
+    documents."""
+    import pyarrow.parquet as pq
+
+    documents = sentences = altered = 0
+    with open(out + ".partial", "w", encoding="utf-8") as f:
+        for path in files:
+            parquet = pq.ParquetFile(path)
+            for group in range(parquet.num_row_groups):
+                column = parquet.read_row_group(group, columns=["sentences"]).column(0)
+                for doc in column.to_pylist():
+                    # the reference strips each line and reads an empty one as a document break
+                    altered += sum(s != s.strip() or not s.strip() or "\n" in s for s in doc)
+                    f.write("\n".join(doc) + "\n\n")
+                    documents += 1
+                    sentences += len(doc)
+    os.replace(out + ".partial", out)
+    return {"documents": documents, "sentences": sentences, "altered": altered}
+
+
+def reference_here(script: str, args: list[str]) -> dict[str, Any]:
+    """(a): the reference script, run in this process so that RUSAGE_SELF is its peak."""
+    import contextlib
+    import io
+    import runpy
+
+    sys.argv = [script, *args]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        runpy.run_path(script, run_name="__main__")
+    result = json.loads(printed.getvalue().strip().splitlines()[-1])
+    return {
+        "seconds": result["seconds"],
+        "examples": result["instances"],
+        "tokens": result["tokens"],
+        **usage(),
+    }
+
+
+def floor_here(tokenizer_json: str, method: str, files: list[str]) -> dict[str, Any]:
+    """(b): read row groups into Python lists, encode them, count tokens; reading timed apart."""
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    started = time.perf_counter()
+    tokenizer = Tokenizer.from_file(tokenizer_json)
+    encode = getattr(tokenizer, method)
+    reading, sentences, tokens = 0.0, 0, 0
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            read_started = time.perf_counter()
+            column = parquet.read_row_group(group, columns=["sentences"]).column(0)
+            flat = column.combine_chunks().flatten().to_pylist()
+            reading += time.perf_counter() - read_started
+            sentences += len(flat)
+            tokens += sum(map(len, encode(flat, add_special_tokens=False)))
+    return {
+        "seconds": time.perf_counter() - started,
+        "reading": reading,
+        "sentences": sentences,
+        "tokens": tokens,
+        **usage(),
+    }
+
+
+def stage_here(
+    store_dir: str, corpus_id: str, tokenizer_id: str, config: dict[str, Any], top: int
+) -> dict[str, Any]:
+    """(c): make_shards from scratch (a previous artifact of the same id is removed first, and
+    the new one after), under cProfile when `top`, which sees everything only with workers=1."""
+    import cProfile
+    import io
+    import pstats
+    import shutil
+
+    from bertflow.pipeline.core.store import ArtifactStore
+    from bertflow.pipeline.shards.stage import ShardConfig, make_shards, plan_shards
+
+    store = ArtifactStore(store_dir)
+    shard_config = ShardConfig(**config)
+    plan = plan_shards(store, corpus_id, tokenizer_id, shard_config)
+    shutil.rmtree(store.local_path(plan.artifact_id), ignore_errors=True)  # always build
+    profiler = cProfile.Profile() if top else None
+    started = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    published = make_shards(store, corpus_id, tokenizer_id, shard_config)
+    if profiler:
+        profiler.disable()
+    seconds = time.perf_counter() - started
+    assert not published.cached
+    stats = published.manifest.stats
+    shutil.rmtree(store.local_path(plan.artifact_id))
+    out = {
+        "seconds": seconds,
+        "examples": stats["train"]["examples"],
+        "tokens": stats["train"]["tokens"],
+        "validation_examples": stats["validation"]["examples"],
+        "shard_rows": stats["train"]["shard_rows"],
+        **usage(),
+    }
+    if profiler:
+        listing = io.StringIO()
+        profile = pstats.Stats(profiler, stream=listing)
+        profile.sort_stats("tottime").print_stats(top)
+        out["listing"] = listing.getvalue()
+        cumulative = out["cumulative"] = {}  # "file:function": [calls, tottime, cumtime], summed
+        for (path, _, name), (_, calls, tottime, cumtime, _) in profile.stats.items():
+            key = path.rsplit("/", 1)[-1] + ":" + name
+            totals = cumulative.setdefault(key, [0, 0.0, 0.0])
+            for k, value in enumerate((calls, tottime, cumtime)):
+                totals[k] += value
+    return out
+
+
+def reference_script() -> Path:
+    """(a)'s script: `$BERTFLOW_SHARD_REFERENCE`, else the shared bench folder beside the
+    checkout; exits naming both when neither is there."""
+    beside = Path(__file__).resolve().parents[2] / "shared" / "bench" / REFERENCE_NAME
+    path = Path(os.environ.get(REFERENCE_ENV) or beside)
+    if not path.is_file():
+        sys.exit(f"bench/shard.py: no reference at {path}; set ${REFERENCE_ENV} to its path")
+    return path
 
 
 def busy_cpu_seconds() -> float:
@@ -224,18 +219,14 @@ def busy_cpu_seconds() -> float:
     return (sum(jiffies) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
-def run_json(code: str, args: list[str]) -> dict[str, Any]:
-    """Run code in a fresh process with the libraries' default threads; its last JSON line, with
-    `others_cpu_s`: CPU the rest of the machine used meanwhile (other load skews timings)."""
+def run_measured(function: str, args: list[Any]) -> dict[str, Any]:
+    """`function(*args)` of this file in a fresh process with the libraries' default threads;
+    its result, with `others_cpu_s`: CPU the rest of the machine used meanwhile (other load
+    skews timings)."""
     env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
     busy = busy_cpu_seconds()
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
-    )
+    result = run_child("shard", function, args, env)
     busy = busy_cpu_seconds() - busy
-    if out.returncode:
-        sys.exit(f"a benchmark child failed:\n{out.stderr[-4000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     if "cpu_s" in result:
         result["others_cpu_s"] = max(0.0, busy - result["cpu_s"])
     return result
@@ -243,10 +234,9 @@ def run_json(code: str, args: list[str]) -> dict[str, Any]:
 
 def prepare_corpus(workdir: Path, size_mb: float, vocab_size: int) -> dict[str, Any]:
     """Build (or reuse) the corpus, its artifact and, unless vocab_size is 0, its tokenizer."""
-    bench_ingest = Path(__file__).with_name("ingest.py")
     folder = workdir / f"corpus-{size_mb:g}mb"
-    args = [str(bench_ingest), str(folder), str(size_mb), str(workdir / STORE_DIR), str(vocab_size)]
-    return run_json(PREPARE, args)
+    args = [str(folder), size_mb, str(workdir / STORE_DIR), vocab_size]
+    return run_measured("prepared_corpus", args)
 
 
 def export_text(workdir: Path, corpus: dict[str, Any]) -> tuple[Path, dict[str, Any] | None]:
@@ -254,12 +244,11 @@ def export_text(workdir: Path, corpus: dict[str, Any]) -> tuple[Path, dict[str, 
     path = workdir / f"{corpus['id']}-train.txt"
     if path.exists():
         return path, None
-    return path, run_json(EXPORT, [str(path), *corpus["train_files"]])
+    return path, run_measured("exported_text", [str(path), corpus["train_files"]])
 
 
 def run_reference(workdir: Path, text: Path, tokenizer_json: str, max_seq_len: int) -> dict:
     args = [
-        str(REFERENCE),
         "--input",
         str(text),
         "--tokenizer",
@@ -271,19 +260,18 @@ def run_reference(workdir: Path, text: Path, tokenizer_json: str, max_seq_len: i
         "--dupe-factor",
         "1",
     ]
-    return run_json(RUN_REFERENCE, args)
+    return run_measured("reference_here", [str(reference_script()), args])
 
 
 def run_floor(corpus: dict[str, Any], method: str) -> dict[str, Any]:
-    return run_json(RUN_FLOOR, [corpus["tokenizer_json"], method, *corpus["train_files"]])
+    return run_measured("floor_here", [corpus["tokenizer_json"], method, corpus["train_files"]])
 
 
 def run_stage(
     workdir: Path, corpus_id: str, tokenizer_id: str, config: dict[str, Any], profile_top: int = 0
 ) -> dict[str, Any]:
     store_dir = str(workdir / STORE_DIR)
-    args = [store_dir, corpus_id, tokenizer_id, json.dumps(config), str(profile_top)]
-    return run_json(RUN_STAGE, args)
+    return run_measured("stage_here", [store_dir, corpus_id, tokenizer_id, config, profile_top])
 
 
 def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -440,6 +428,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest counts")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bertflow-bench"))
     args = parser.parse_args()
+    reference_script()  # before any work: fail fast when it is not there
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     corpus = prepare_corpus(args.workdir, args.mb, args.vocab_size)

@@ -17,164 +17,180 @@ reports its own peak RSS. Tables:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from child import run_child
+
 # A child's ru_maxrss starts at its parent's peak (Linux keeps it across fork and exec), so this
-# process stays small: it imports nothing heavy, and building and ingesting corpora run in children.
-PREPARE = """
-import importlib.util, json, sys
-from pathlib import Path
-from bertflow.pipeline.ingest.corpus import split_files
-from bertflow.pipeline.ingest.stage import IngestConfig, ingest
-from bertflow.pipeline.core.store import ArtifactStore
-bench_ingest, folder, store_dir = sys.argv[1], Path(sys.argv[2]), sys.argv[4]
-size = float(sys.argv[3])
-spec = importlib.util.spec_from_file_location("bench_ingest", bench_ingest)
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)  # bench/ingest.py's corpus builder: bench is not a package
-n_files, n_bytes = module.build_corpus(folder, size)
-store = ArtifactStore(store_dir)
-published = ingest(IngestConfig(sources=[str(folder)], workers=2), store)
-corpus = published.manifest
-root = store.local_path(corpus.id)
-print(json.dumps({
-    "id": corpus.id,
-    "files": n_files,
-    "bytes": n_bytes,
-    "cached": published.cached,
-    "train_characters": corpus.stats["characters"]["train"],
-    "train_files": [str(root / relpath) for relpath in split_files(corpus, "train")],
-}))
-"""
-
-# The library alone: read row groups, flatten the sentence lists, train on batches of sentences.
-RUN_LIBRARY = """
-import json, resource, sys, time
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-vocab_size, vocab_out, files = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-imported_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-characters = 0
-def batches():
-    global characters
-    for path in files:
-        parquet = pq.ParquetFile(path)
-        for i in range(parquet.num_row_groups):
-            column = parquet.read_row_group(i, columns=["sentences"]).column(0)
-            sentences = pc.list_flatten(column).to_pylist()
-            characters += sum(map(len, sentences))
-            yield sentences
-started = time.perf_counter()
-tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-trainer = trainers.WordPieceTrainer(
-    vocab_size=vocab_size, min_frequency=2, limit_alphabet=1000, show_progress=False,
-    special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-)
-tokenizer.train_from_iterator(batches(), trainer=trainer)
-seconds = time.perf_counter() - started
-vocab = tokenizer.get_vocab()
-with open(vocab_out, "w", encoding="utf-8") as f:
-    f.writelines(t + "\\n" for t in sorted(vocab, key=vocab.__getitem__))
-print(json.dumps({
-    "seconds": seconds,
-    "characters": characters,
-    "vocab_size": len(vocab),
-    "imported_kb": imported_kb,
-    "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-}))
-"""
-
-# The stage, with its module-level steps wrapped in timers (train() looks them up at call time).
-RUN_STAGE = """
-import json, resource, shutil, sys, time
-import bertflow.pipeline.tokenizer.stage as stage
-from bertflow.pipeline.core.store import ArtifactStore
-store_dir, corpus_id = sys.argv[1], sys.argv[2]
-vocab_size, sample_bytes, threads = map(int, sys.argv[3:6])
-imported_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-phases, peaks_kb, reads = {}, {}, []
-def timed(name, fn):
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
-            peaks_kb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return wrapper
-def timed_reads(fn):
-    def wrapper(*args, **kwargs):  # seconds spent producing documents, one entry per pass
-        reads.append(0.0)
-        documents = fn(*args, **kwargs)
-        while True:
-            started = time.perf_counter()
-            item = next(documents, None)
-            reads[-1] += time.perf_counter() - started
-            if item is None:
-                return
-            yield item
-    return wrapper
-stage.char_alphabet = timed("alphabet", stage.char_alphabet)
-stage.canonical = timed("canonical", stage.canonical)
-stage.validation_stats = timed("validation", stage.validation_stats)
-stage.iter_documents = timed_reads(stage.iter_documents)
-store = ArtifactStore(store_dir)
-config = stage.TokenizerConfig(vocab_size=vocab_size, sample_bytes=sample_bytes, threads=threads)
-_, _, tokenizer_id = stage.plan_tokenizer(store, corpus_id, config)
-shutil.rmtree(store.local_path(tokenizer_id), ignore_errors=True)  # always train, never reuse
-started = time.perf_counter()
-published = stage.make_tokenizer(store, corpus_id, config)
-seconds = time.perf_counter() - started
-assert not published.cached
-vocab_txt = store.local_path(tokenizer_id) / "vocab.txt"
-print(json.dumps({
-    "seconds": seconds,
-    "stats": {k: v for k, v in published.manifest.stats.items() if not isinstance(v, list)},
-    "phases": phases,
-    "peaks_kb": peaks_kb,
-    "reads": reads,
-    "vocab_txt": str(vocab_txt),
-    "imported_kb": imported_kb,
-    "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-}))
-"""
+# process stays small: it imports nothing heavy at module level, and building and ingesting
+# corpora, the library and the stage all run in children (bench/child.py), importing there.
 
 
-def run_json(code: str, args: list[str], threads: int = 1) -> dict[str, Any]:
-    """Run code in a fresh process (threads pinned by RAYON_NUM_THREADS); its last JSON line."""
-    env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env
+def ingested_corpus(folder: str, size_mb: float, store_dir: str) -> dict[str, Any]:
+    """Build (or reuse) the corpus folder and ingest it (or find it ingested); a summary."""
+    from ingest import build_corpus
+
+    from bertflow.pipeline.core.store import ArtifactStore
+    from bertflow.pipeline.ingest.corpus import split_files
+    from bertflow.pipeline.ingest.stage import IngestConfig, ingest
+
+    n_files, n_bytes = build_corpus(Path(folder), size_mb)
+    store = ArtifactStore(store_dir)
+    published = ingest(IngestConfig(sources=[folder], workers=2), store)
+    corpus = published.manifest
+    root = store.local_path(corpus.id)
+    return {
+        "id": corpus.id,
+        "files": n_files,
+        "bytes": n_bytes,
+        "cached": published.cached,
+        "train_characters": corpus.stats["characters"]["train"],
+        "train_files": [str(root / relpath) for relpath in split_files(corpus, "train")],
+    }
+
+
+def library_here(vocab_size: int, vocab_out: str, files: list[str]) -> dict[str, Any]:
+    """The library alone: read row groups, flatten the sentence lists, train on batches."""
+    import resource
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from bertflow.pipeline.core.literals import SPECIAL_TOKENS, UNK
+
+    imported_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    characters = 0
+
+    def batches() -> Iterator[list[str]]:
+        nonlocal characters
+        for path in files:
+            parquet = pq.ParquetFile(path)
+            for i in range(parquet.num_row_groups):
+                column = parquet.read_row_group(i, columns=["sentences"]).column(0)
+                sentences = pc.list_flatten(column).to_pylist()
+                characters += sum(map(len, sentences))
+                yield sentences
+
+    started = time.perf_counter()
+    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        limit_alphabet=1000,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    tokenizer.train_from_iterator(batches(), trainer=trainer)
+    seconds = time.perf_counter() - started
+    vocab = tokenizer.get_vocab()
+    with open(vocab_out, "w", encoding="utf-8") as f:
+        f.writelines(t + "\n" for t in sorted(vocab, key=vocab.__getitem__))
+    return {
+        "seconds": seconds,
+        "characters": characters,
+        "vocab_size": len(vocab),
+        "imported_kb": imported_kb,
+        "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def stage_here(
+    store_dir: str, corpus_id: str, vocab_size: int, sample_bytes: int, threads: int
+) -> dict[str, Any]:
+    """The stage, its module-level steps wrapped in timers (train() looks them up at call time)."""
+    import resource
+    import shutil
+
+    import bertflow.pipeline.tokenizer.stage as stage
+    from bertflow.pipeline.core.store import ArtifactStore
+
+    imported_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    phases: dict[str, float] = {}
+    peaks_kb: dict[str, int] = {}
+    reads: list[float] = []
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+                peaks_kb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        return wrapper
+
+    def timed_reads(fn: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            reads.append(0.0)  # seconds spent producing documents, one entry per pass
+            documents = fn(*args, **kwargs)
+            while True:
+                started = time.perf_counter()
+                item = next(documents, None)
+                reads[-1] += time.perf_counter() - started
+                if item is None:
+                    return
+                yield item
+
+        return wrapper
+
+    stage.char_alphabet = timed("alphabet", stage.char_alphabet)
+    stage.canonical = timed("canonical", stage.canonical)
+    stage.validation_stats = timed("validation", stage.validation_stats)
+    stage.iter_documents = timed_reads(stage.iter_documents)
+    store = ArtifactStore(store_dir)
+    config = stage.TokenizerConfig(
+        vocab_size=vocab_size, sample_bytes=sample_bytes, threads=threads
+    )
+    _, _, tokenizer_id = stage.plan_tokenizer(store, corpus_id, config)
+    shutil.rmtree(store.local_path(tokenizer_id), ignore_errors=True)  # always train, never reuse
+    started = time.perf_counter()
+    published = stage.make_tokenizer(store, corpus_id, config)
+    seconds = time.perf_counter() - started
+    assert not published.cached
+    stats = published.manifest.stats
+    return {
+        "seconds": seconds,
+        "stats": {k: v for k, v in stats.items() if not isinstance(v, list)},
+        "phases": phases,
+        "peaks_kb": peaks_kb,
+        "reads": reads,
+        "vocab_txt": str(store.local_path(tokenizer_id) / "vocab.txt"),
+        "imported_kb": imported_kb,
+        "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def threads_env(threads: int) -> dict[str, str]:
+    """This environment with the libraries' threads pinned by RAYON_NUM_THREADS."""
+    return {**os.environ, "RAYON_NUM_THREADS": str(threads)}
 
 
 def prepare_corpus(workdir: Path, size_mb: float) -> dict[str, Any]:
     """Build (or reuse) the corpus folder and its corpus artifact; a summary of both."""
-    bench_ingest = Path(__file__).with_name("ingest.py")
     folder = workdir / f"corpus-{size_mb:g}mb"
-    store_dir = workdir / "tokenizer-store"
-    return run_json(PREPARE, [str(bench_ingest), str(folder), str(size_mb), str(store_dir)])
+    args = [str(folder), size_mb, str(workdir / "tokenizer-store")]
+    return run_child("tokenizer", "ingested_corpus", args, threads_env(1))
 
 
 def run_library(corpus: dict[str, Any], vocab_size: int, threads: int, vocab_out: Path) -> dict:
-    return run_json(RUN_LIBRARY, [str(vocab_size), str(vocab_out), *corpus["train_files"]], threads)
+    args = [vocab_size, str(vocab_out), corpus["train_files"]]
+    return run_child("tokenizer", "library_here", args, threads_env(threads))
 
 
 def run_stage(
     workdir: Path, corpus: dict[str, Any], vocab_size: int, sample_bytes: int, threads: int
 ) -> dict[str, Any]:
     store_dir = workdir / "tokenizer-store"
-    args = [str(store_dir), corpus["id"], str(vocab_size), str(sample_bytes), str(threads)]
-    return run_json(RUN_STAGE, args, threads)
+    args = [str(store_dir), corpus["id"], vocab_size, sample_bytes, threads]
+    return run_child("tokenizer", "stage_here", args, threads_env(threads))
 
 
 def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
