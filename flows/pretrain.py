@@ -10,22 +10,20 @@ progress bar.
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
-from tqdm import tqdm
 
-from bertflow.flows.records import embedded_png, report_stage_progress
+from bertflow.flows.records import embedded_png, progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
 from bertflow.model.training.config import TrainConfig
 from bertflow.model.training.launcher import run_training
 from bertflow.model.training.plan import PretrainPlan, default_run_dir, plan_pretrain
 from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.progress import Progress
 from bertflow.pipeline.core.store import ArtifactStore, Published
 
 PROGRESS_EVERY_S = 5.0
@@ -69,9 +67,18 @@ def launch_training(
     flow_run_id: str | None = None,
 ) -> None:
     """Run the trainer to the end, its output in the run's logs and its steps in a progress
-    artifact; raise if it fails."""
+    artifact (and a bar on a terminal); raise if it fails."""
     logger = get_run_logger()
-    progress = TrainingProgress(plan.config.max_steps, f"pretraining {plan.artifact_id}")
+    max_steps = plan.config.max_steps
+    callbacks = progress_callbacks(f"pretraining {plan.artifact_id}")
+    progress = Progress("pretrain", max_steps, "step", callbacks, every_s=PROGRESS_EVERY_S)
+
+    def on_progress(record: dict[str, Any]) -> None:
+        if "step" in record:
+            loss = record.get("metrics", {}).get("loss")
+            shown = {"loss": f"{loss:.3f}"} if loss is not None else {}
+            progress.advance(int(record["step"]) - progress.state.done, **shown)
+
     try:
         run_training(
             store,
@@ -79,51 +86,13 @@ def launch_training(
             run_dir,
             resume=resume,
             flow_run_id=flow_run_id,
-            on_progress=progress.update,
+            on_progress=on_progress,
             on_line=logger.info,
         )
+        # The trainer exited cleanly, so every step ran, whatever progress line it printed last.
+        progress.advance(max_steps - progress.state.done)
     finally:
         progress.close()
-    progress.complete()
-
-
-class TrainingProgress:
-    """Steps done: a Prefect progress artifact (throttled) and a bar on a terminal."""
-
-    def __init__(self, max_steps: int, description: str):
-        self.max_steps = max_steps
-        self.artifact_id = create_progress_artifact(progress=0.0, description=description)
-        self._bar = tqdm(
-            total=max_steps,
-            unit="step",
-            desc="pretrain",
-            disable=not sys.stderr.isatty(),
-            file=sys.stderr,
-        )
-        self._last_update = 0.0
-
-    def update(self, record: dict) -> None:
-        if "step" not in record:
-            return
-        step = int(record["step"])
-        self._bar.update(step - self._bar.n)
-        loss = record.get("metrics", {}).get("loss")
-        if loss is not None:
-            self._bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        now = time.monotonic()
-        if now - self._last_update >= PROGRESS_EVERY_S or step >= self.max_steps:
-            self._last_update = now
-            update_progress_artifact(
-                self.artifact_id, progress=round(100 * step / self.max_steps, 1)
-            )
-            report_stage_progress(step / self.max_steps)
-
-    def complete(self) -> None:
-        """The trainer exited cleanly, so all steps ran, whatever progress line it printed last."""
-        update_progress_artifact(self.artifact_id, progress=100.0)
-
-    def close(self) -> None:
-        self._bar.close()
 
 
 def model_report(store: ArtifactStore, manifest: Manifest) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from bertflow.flows.records import progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
 from bertflow.pipeline.core.manifest import Manifest
@@ -22,8 +23,9 @@ def tokenizer_flow(
     corpus, inputs, tokenizer_id = plan_tokenizer(store, corpus_id, config)
 
     def build():
+        callbacks = progress_callbacks(f"training a tokenizer on {corpus_id}")
         return build_and_publish(
-            store, corpus, inputs, tokenizer_id, config, flow_run_id=flow_run.get_id()
+            store, corpus, inputs, tokenizer_id, config, flow_run.get_id(), callbacks
         )
 
     return cached_or_built(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from bertflow.model.evaluation.baselines import tfidf_baseline
 from bertflow.model.evaluation.config import (  # re-exported: importers keep this path
@@ -48,6 +46,7 @@ from bertflow.model.export import artifact_files, load_export
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import Problem
 from bertflow.pipeline.core.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
+from bertflow.pipeline.core.progress import Progress, ProgressCallback
 from bertflow.pipeline.core.seeds import derive_seed
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.shards.format import VOCAB_FILE
@@ -126,63 +125,6 @@ def task_set_key(specs: Sequence[TaskSpec], inputs: Sequence[InputFingerprint]) 
         "inputs": [i.model_dump(mode="json") for i in inputs],
     }
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:20]
-
-
-# -- progress ---------------------------------------------------------------------------------
-
-
-@dataclass
-class EvaluationState:
-    """What progress callbacks see (the shape `flows.records.PrefectProgress` reads)."""
-
-    total: int
-    done: int = 0
-    phase: str = "starting"
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total else 1.0
-
-    def describe(self) -> str:
-        return f"evaluate: {self.fraction:.0%} · {self.phase} · {self.done:,}/{self.total:,} steps"
-
-
-class EvaluationProgress:
-    """Counts batches and optimizer steps; a bar on a terminal, callbacks every `every_s`."""
-
-    def __init__(
-        self, total: int, callbacks: Sequence[Callable[[Any], None]], every_s: float = 2.0
-    ):
-        self.state = EvaluationState(total)
-        self.callbacks, self.every_s, self._last = list(callbacks), every_s, 0.0
-        self._bar = tqdm(
-            total=total,
-            unit="step",
-            desc="evaluate",
-            file=sys.stderr,
-            disable=not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
-
-    def phase(self, name: str) -> None:
-        self.state.phase = name
-        self._bar.set_description(name, refresh=False)
-        self._notify()
-
-    def step(self) -> None:
-        self.state.done += 1
-        self._bar.update(1)
-        if time.monotonic() - self._last >= self.every_s:
-            self._notify()
-
-    def close(self) -> None:
-        self._bar.close()
-        self._notify()
-
-    def _notify(self) -> None:
-        self._last = time.monotonic()
-        for callback in self.callbacks:
-            callback(self.state)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -273,7 +215,7 @@ class TaskOutcome:
 def evaluate(
     store: ArtifactStore,
     plan: EvaluationPlan,
-    callbacks: Sequence[Callable[[Any], None]] = (),
+    callbacks: Sequence[ProgressCallback] = (),
 ) -> tuple[dict[str, Any], dict[str, TaskOutcome], list[str]]:
     """Every number of the evaluation: (intrinsic metrics, task outcomes, warnings)."""
     c = plan.config
@@ -295,7 +237,7 @@ def evaluate(
     total = (batch_count(dataset, c.intrinsic_max_batches) if dataset else 0) + sum(
         contenders * len(p.seeds) * c.epochs * -(-len(p.train) // c.batch_size) for p in prepared
     )
-    progress = EvaluationProgress(total, callbacks)
+    progress = Progress("evaluate", total, "step", callbacks)
     try:
         intrinsic: dict[str, Any] = {}
         if c.intrinsic and dataset is None:
@@ -396,7 +338,7 @@ def _run_task(
     encoder: dict[str, torch.Tensor],
     c: EvaluateConfig,
     device: torch.device,
-    progress: EvaluationProgress,
+    progress: Progress,
 ) -> TaskOutcome:
     started = time.monotonic()
     task, labels = prepared.task, data.evaluation.labels
@@ -473,7 +415,7 @@ def _run_task(
 def build_and_publish(
     store: ArtifactStore,
     plan: EvaluationPlan,
-    callbacks: Sequence[Callable[[Any], None]] = (),
+    callbacks: Sequence[ProgressCallback] = (),
     flow_run_id: str | None = None,
 ) -> Published:
     """Evaluate, then stage results.json, report.md and curves.png and publish them."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bertflow.pipeline.core.progress import Progress
+from bertflow.pipeline.core.progress import BYTES, Progress
 
 Report = Callable[[int, int, int], None]
 # -- running tasks --------------------------------------------------------------------------------
@@ -64,8 +64,9 @@ def run_tasks(
     """Run fn(task, report) for every task, in order of tasks; in-process when workers == 1."""
 
     def advance(bytes_done: int, files_done: int, documents: int) -> None:
-        if progress is not None:
-            progress.advance(bytes_done, files_done, documents)
+        if progress is not None:  # its total is in bytes, or in tasks (each reports a file)
+            done = bytes_done if progress.state.unit == BYTES else files_done
+            progress.advance(done, files=files_done, documents=documents)
 
     if workers == 1 or len(tasks) <= 1:
         return [fn(task, advance) for task in tasks]

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import Split
 from bertflow.pipeline.core.parallel import run_tasks
-from bertflow.pipeline.core.progress import Progress, ProgressCallback
+from bertflow.pipeline.core.progress import BYTES, Progress, ProgressCallback
 from bertflow.pipeline.core.scratch import TEMP_PREFIX, scratch_folder
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.ingest.clean import SentenceLimits, document_sentences
@@ -102,7 +102,7 @@ def build_corpus(
             _MapTask(i, group, config, spill_dir, plan.buckets, storage_options or {})
             for i, group in enumerate(_group_files(plan.files, config.workers))
         ]
-        progress = Progress("ingest", sum(f.size for f in plan.files), len(plan.files), callbacks)
+        progress = Progress("ingest", sum(f.size for f in plan.files), BYTES, callbacks)
         mapped: list[_MapResult] = run_tasks(_map_files, map_tasks, config.workers, progress)
         progress.close()
         tally = _merge_map_results(mapped)

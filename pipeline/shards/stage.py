@@ -166,7 +166,7 @@ def build_shards(
         def run(stage: str, fn: Callable[[Any, Report], Any], tasks: list[Any]) -> list[Any]:
             if runner is not None:
                 return runner(fn, tasks)
-            progress = Progress(stage, 0, len(tasks), callbacks)
+            progress = Progress(stage, len(tasks), "task", callbacks)
             try:
                 return run_tasks(fn, tasks, config.workers, progress)
             finally:

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tokenizers import (
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK
 from bertflow.pipeline.core.manifest import InputFingerprint, Manifest, artifact_id, sha256_file
+from bertflow.pipeline.core.progress import Progress, ProgressCallback
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.ingest.corpus import iter_documents
 from bertflow.pipeline.tokenizer.config import TokenizerConfig
@@ -71,14 +72,18 @@ def plan_tokenizer(
 
 
 def make_tokenizer(
-    store: ArtifactStore, corpus_id: str, config: TokenizerConfig, flow_run_id: str | None = None
+    store: ArtifactStore,
+    corpus_id: str,
+    config: TokenizerConfig,
+    flow_run_id: str | None = None,
+    callbacks: Sequence[ProgressCallback] = (),
 ) -> Published:
     """Plan, skip when the tokenizer exists, else build and publish it."""
     corpus, inputs, tokenizer_id = plan_tokenizer(store, corpus_id, config)
     existing = store.get(tokenizer_id)
     if existing is not None:
         return Published(existing, cached=True)
-    return build_and_publish(store, corpus, inputs, tokenizer_id, config, flow_run_id)
+    return build_and_publish(store, corpus, inputs, tokenizer_id, config, flow_run_id, callbacks)
 
 
 def build_and_publish(
@@ -88,22 +93,34 @@ def build_and_publish(
     tokenizer_id: str,
     config: TokenizerConfig,
     flow_run_id: str | None = None,
+    callbacks: Sequence[ProgressCallback] = (),
 ) -> Published:
+    """Train (or import) the vocabulary, measure it on the validation split, and publish it;
+    progress goes by those two passes (the trainer reports nothing on its way)."""
+    progress = Progress("tokenizer", 2, "pass", callbacks)
     started = time.monotonic()
     store.check_intact(corpus)  # both splits are read: training, then validation
-    if config.vocab is not None:
-        tokenizer = bert_tokenizer(read_vocab(Path(config.vocab).expanduser()), config)
-        sampled = {"sampled_bytes": 0, "sampled_documents": 0, "sample_fraction": 0.0}
-    else:
-        tokenizer, sampled = train(store, corpus, config)
-    seconds = time.monotonic() - started
-    stats = {
-        "vocab_size": tokenizer.get_vocab_size(),
-        "imported_vocab": config.vocab is not None,
-        **sampled,
-        "training_seconds": round(seconds, 3),
-        **validation_stats(tokenizer, store, corpus),
-    }
+    try:
+        if config.vocab is not None:
+            progress.phase("importing the vocabulary")
+            tokenizer = bert_tokenizer(read_vocab(Path(config.vocab).expanduser()), config)
+            sampled = {"sampled_bytes": 0, "sampled_documents": 0, "sample_fraction": 0.0}
+        else:
+            progress.phase("training WordPiece")
+            tokenizer, sampled = train(store, corpus, config)
+        seconds = time.monotonic() - started
+        progress.advance(1)
+        progress.phase("measuring on the validation split")
+        stats = {
+            "vocab_size": tokenizer.get_vocab_size(),
+            "imported_vocab": config.vocab is not None,
+            **sampled,
+            "training_seconds": round(seconds, 3),
+            **validation_stats(tokenizer, store, corpus),
+        }
+        progress.advance(1)
+    finally:
+        progress.close()
     stats["warnings"] = unknown_token_warnings(stats, corpus.id, config)
     with store.staging(tokenizer_id) as staging:
         write_tokenizer_files(tokenizer, config, staging)

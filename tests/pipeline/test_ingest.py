@@ -298,5 +298,6 @@ def test_progress_callbacks_see_all_bytes_and_documents(tmp_path, store):
         IngestConfig(sources=[str(tmp_path / "in")], workers=1), store, callbacks=[states.append]
     )
     final = states[-1]
-    assert final.files_done == final.files_total == 4
-    assert final.bytes_done == final.bytes_total and final.documents == 4
+    assert final.unit == "B" and final.done == final.total > 0 and final.fraction == 1.0
+    assert final.files == 4 and final.documents == 4
+    assert "100%" in final.describe() and "4 files" in final.describe()
