@@ -245,8 +245,8 @@ def main() -> None:
             ["pretrain", "--help"],
             [*store, "artifacts", "ls"],
             [*store, "lineage", evaluation],
-            [*store, "evaluate", "--show", evaluation],
-            [*store, "evaluate", "--compare", evaluation, evaluation],
+            [*store, "evaluate", "show", evaluation],
+            [*store, "evaluate", "compare", evaluation, evaluation],
         ]
         rows = [
             (

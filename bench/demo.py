@@ -15,7 +15,7 @@ prints, beside each goal of the demo:
   fine-tuned from random initialisation (goal: the gap between medians exceeds the sum of their
   seed standard deviations), with the TF-IDF baseline for scale.
 
-Every number is read from the artifacts, so it is what `bertflow evaluate --show` reports.
+Every number is read from the artifacts, so it is what `bertflow evaluate show` reports.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ from bertflow.pipeline.ingest.config import IngestConfig
 from bertflow.pipeline.shards.config import ShardConfig
 from bertflow.pipeline.tokenizer.config import TokenizerConfig
 
-# Building the parser and the commands that run no flow (help, artifacts, lineage, evaluate --show
-# and --compare) import only configs and readers: torch, Lightning and Prefect load when a stage
+# Building the parser and the commands that run no flow (help, artifacts, lineage, evaluate show
+# and compare) import only configs and readers: torch, Lightning and Prefect load when a stage
 # runs (tests/flows/test_cli_imports.py holds this).
 
 # Prefect 3's setting for how long a flow run waits for the temporary server; its default is 20 s.
@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         _evaluate,
         help="model -> evaluation artifact (intrinsic + fine-tuned tasks)",
         description="Evaluate a model: MLM/NSP metrics on its validation shards and fine-tuned "
-        "downstream tasks beside baselines. With --compare, print evaluations side by side.",
+        "downstream tasks beside baselines. `evaluate show ID` prints an evaluation's report, "
+        "`evaluate compare ID ID ...` evaluations side by side.",
         skip=("tasks",),
     )
     evaluate.add_argument("--model", metavar="MODEL_ID", help="model artifact to evaluate")
@@ -194,17 +195,28 @@ def build_parser() -> argparse.ArgumentParser:
         "path=reviews.csv,text_field=body,label_field=stars,name=reviews,seeds=5 (seeds: this "
         "task's fine-tuning runs); repeat for more",
     )
-    evaluate.add_argument(
-        "--compare",
-        nargs="+",
-        metavar="EVALUATION_ID",
-        help="print these evaluations side by side instead of evaluating",
+    readers = evaluate.add_subparsers(
+        dest="reading", metavar="{show,compare}", help="read evaluations instead of evaluating"
     )
-    evaluate.add_argument(
-        "--show",
-        metavar="EVALUATION_ID",
-        help="print an evaluation's report (lineage, metrics beside baselines) and exit",
+    show_evaluation = readers.add_parser(
+        "show",
+        parents=[common],
+        help="an evaluation's report (lineage, metrics beside baselines)",
+        description="Print an evaluation's report and its headline numbers beside the previous "
+        "evaluation of the same tasks.",
     )
+    show_evaluation.add_argument("evaluation", metavar="EVALUATION_ID")
+    show_evaluation.set_defaults(handler=_evaluate_show)
+    compare = readers.add_parser(
+        "compare",
+        parents=[common],
+        help="evaluations side by side",
+        description="Print evaluations side by side: their intrinsic metrics and each task's "
+        "scores beside the baselines.",
+    )
+    compare.add_argument("evaluations", nargs="+", metavar="EVALUATION_ID")
+    _add_json(compare)
+    compare.set_defaults(handler=_evaluate_compare)
 
     run = commands.add_parser(
         "run",
@@ -461,27 +473,35 @@ def _pretrain(args: argparse.Namespace) -> int:
     return _run_stage(args, run)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    manifest = store.require(args.evaluation, kind="evaluation")
+    with store.open(manifest.id, manifest.layout["report"]) as f:
+        print(f.read().decode("utf-8"))
+    _print_beside_previous(store, manifest)
+    return 0
+
+
+def _evaluate_compare(args: argparse.Namespace) -> int:
     from bertflow.model.evaluation.report import comparison_table, render_text_table
 
-    if args.show:
-        store = _store(args)
-        manifest = store.require(args.show, kind="evaluation")
-        with store.open(manifest.id, manifest.layout["report"]) as f:
-            print(f.read().decode("utf-8"))
-        _print_beside_previous(store, manifest)
-        return 0
-    if args.compare:
-        store = _store(args)
-        manifests = [store.require(i, kind="evaluation") for i in args.compare]
-        header, rows = comparison_table(manifests)
-        if args.json:
-            print(json.dumps({"header": header, "rows": rows}))
-        else:
-            print(render_text_table(header, rows))
-        return 0
+    store = _store(args)
+    manifests = [store.require(i, kind="evaluation") for i in args.evaluations]
+    header, rows = comparison_table(manifests)
+    if args.json:
+        print(json.dumps({"header": header, "rows": rows}))
+    else:
+        print(render_text_table(header, rows))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if not args.model:
-        print("bertflow evaluate: give --model MODEL_ID (or --compare ID ...)", file=sys.stderr)
+        print(
+            "bertflow evaluate: give --model MODEL_ID (or `evaluate show ID`, "
+            "`evaluate compare ID ...`)",
+            file=sys.stderr,
+        )
         return 2
     tasks = [TaskSpec.parse(spec) for spec in args.task_specs]
     config = config_from_args(EvaluateConfig, args, tasks=tasks)
@@ -493,7 +513,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     def show(store: ArtifactStore, result: Any) -> None:
         _print_evaluation(store, store.require(result.id))
-        print(f"  report: bertflow evaluate --show {result.id}")
+        print(f"  report: bertflow evaluate show {result.id}")
 
     return _run_stage(args, run, show)
 
@@ -522,7 +542,7 @@ def _print_beside_previous(store: ArtifactStore, manifest: Any) -> None:
     if previous is not None:
         print(
             f"(left: the previous evaluation of these tasks; compare more with "
-            f"bertflow evaluate --compare {previous.id} {manifest.id} ...)"
+            f"bertflow evaluate compare {previous.id} {manifest.id} ...)"
         )
 
 
@@ -574,7 +594,7 @@ def _run(args: argparse.Namespace) -> int:
     evaluation = result.evaluation.id
     print(f"\n{render(lineage(store, evaluation))}")
     _print_evaluation(store, store.require(evaluation))
-    print(f"\nnext: bertflow evaluate --show {evaluation}   (metrics beside baselines)")
+    print(f"\nnext: bertflow evaluate show {evaluation}   (metrics beside baselines)")
     print(
         f"      bertflow export {result.stages[_last_model(result)].id} --out DIR   "
         "(the model for transformers)"

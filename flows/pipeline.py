@@ -144,7 +144,7 @@ def run_summary(store: ArtifactStore, stages: dict[str, StageResult]) -> str:
     lines += [
         "",
         f"The evaluation's report, with the whole lineage: {link(evaluation)}; "
-        f"in a terminal: `bertflow lineage {evaluation}`, `bertflow evaluate --show "
+        f"in a terminal: `bertflow lineage {evaluation}`, `bertflow evaluate show "
         f"{evaluation}`. Store: `{store.url}`.",
         "",
         f"Every artifact has a page (neither UI's sidebar lists artifacts): "

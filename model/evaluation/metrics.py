@@ -9,7 +9,7 @@ for MCC: a NaN in one seed would otherwise poison the median over seeds and ever
 from it.
 
 scikit-learn and scipy load when a metric is first computed, not when this module is imported:
-commands that only read evaluations (`bertflow evaluate --show`, `--compare`) need which way each
+commands that only read evaluations (`bertflow evaluate show`, `compare`) need which way each
 metric improves, and must stay quick to start.
 """
 

@@ -87,8 +87,8 @@ def test_help_imports_nothing_heavy(argv):
         "artifacts show {id}",
         "artifacts verify {id}",
         "lineage {id}",
-        "evaluate --show {id}",
-        "evaluate --compare {id} {id}",
+        "evaluate show {id}",
+        "evaluate compare {id} {id}",
     ],
 )
 def test_reading_the_store_imports_nothing_heavy(evaluated, command):

@@ -116,9 +116,7 @@ def test_cli_evaluates_prints_the_table_then_compares(tiny_shards, tiny_model, t
     assert "cli-task accuracy" in out and first["id"] in out  # beside the previous evaluation
     second = next(w for w in out.split() if w.startswith("evaluation-") and w != first["id"])
 
-    assert (
-        main(["--store", tiny_shards.store_url, "evaluate", "--compare", first["id"], second]) == 0
-    )
+    assert main(["--store", tiny_shards.store_url, "evaluate", "compare", first["id"], second]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["metric", first["id"], second]
     assert any(line.startswith("cli-task accuracy") for line in lines)
@@ -135,7 +133,7 @@ def test_cli_names_bad_input(tiny_shards, tiny_model, tmp_path, capsys):
     assert "absent.csv" in capsys.readouterr().err
     assert main([*store, "evaluate", "--model", tiny_model, "--seeds", "0"]) == 2
     assert "--seeds" in capsys.readouterr().err
-    assert main([*store, "evaluate", "--compare", tiny_model]) == 1
+    assert main([*store, "evaluate", "compare", tiny_model]) == 1
     assert "is a model artifact, not an evaluation artifact" in capsys.readouterr().err
 
 
@@ -143,7 +141,7 @@ def test_cli_show_prints_the_report(tiny_shards, tiny_model, tmp_path, capsys):
     store = ArtifactStore(tiny_shards.store_url)
     result = evaluate_flow(tiny_model, config=config(tmp_path, seed=11), store_url=store.url)
     capsys.readouterr()
-    assert main(["--store", store.url, "evaluate", "--show", result.id]) == 0
+    assert main(["--store", store.url, "evaluate", "show", result.id]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"# Evaluation of `{tiny_model}`")
     assert "## Lineage" in out and tiny_shards.corpus_id in out

@@ -229,7 +229,7 @@ def test_bertflow_run_prints_the_stages_the_lineage_and_where_to_look_next(
     assert f"\n{evaluation}  [" in out  # the lineage tree, rooted at the evaluation
     assert "├── model: model-" in out and "corpus: corpus-" in out
     assert "TF-IDF" in out  # the downstream table beside its baseline
-    assert f"next: bertflow evaluate --show {evaluation}" in out
+    assert f"next: bertflow evaluate show {evaluation}" in out
     report_page = PrefectRecords().page(evaluation)  # PREFECT_API_URL is the test server's
     assert f"Prefect UI: {get_current_settings().ui_url}{report_page} " in out
 

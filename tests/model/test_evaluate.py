@@ -212,7 +212,9 @@ def test_every_summary_has_the_mean_and_std_of_its_runs_and_every_report_shows_t
     report = (store.local_path(manifest.id) / "report.md").read_text()
     cell = f"{fmt(a['median'])} ({fmt(a['min'])}–{fmt(a['max'])}), {beside}"
     assert f"| sentiment | test (48) | accuracy | 2 | {cell} |" in report
-    _, rows = comparison_table([manifest])  # --compare, and --show's table beside the previous
+    _, rows = comparison_table(
+        [manifest]
+    )  # `evaluate compare`, and `show`'s table beside the previous
     assert ["sentiment accuracy", cell] in rows
     [row] = [
         r
