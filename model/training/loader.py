@@ -66,6 +66,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bertflow.pipeline.core.literals import Masking, Split
@@ -82,59 +83,63 @@ STATIC_COLUMNS = ["masked_positions", "masked_ids"]
 COLUMNS = ["input_ids", "segment_a_len", "next_sentence_label"]
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
+class LoaderConfig(BaseModel):
     """How the loader batches, shuffles and masks one split of a shards artifact."""
 
-    batch_size: int = 64
-    """Examples per batch (per rank)."""
-    seed: int = 0
-    """Base seed of the shard order, the shuffle blocks and dynamic masks."""
-    shuffle: bool | None = None
-    """Shuffle shards and examples each epoch; None: for the train split only."""
-    shuffle_buffer: int = 8192
-    """Examples a worker shuffles together (rounded up to a multiple of batch_size)."""
-    masking: Masking | None = None
-    """None: the artifact's own; "dynamic" masks at load time, "static" uses the stored masks."""
-    mlm_prob: float | None = None
-    """Dynamic masking rate; None: the artifact's (0.15 with fixed_masking_seed)."""
-    whole_word: bool | None = None
-    """Mask whole words (all `##` pieces together); None: the artifact's."""
-    fixed_masking_seed: int | None = None
-    """Validation: mask with this seed in every epoch, at 15% unless mlm_prob says otherwise."""
-    pad_to_multiple: int = 8
-    """Batch length L is the longest example rounded up to this (tensor cores like 8)."""
-    epochs: int | None = 1
-    """Epochs per iteration; None: endless (epoch counts up), for training by max_steps."""
-    length_bins: int | None = None
-    """Group each shuffle block into this many length bins before cutting batches, so batches
-    pad little (LDDL-style binning); None: the artifact's `length_bins`; 1: no binning."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        static, overrides = self.masking == "static", (self.mlm_prob, self.whole_word)
-        checks = [
-            (self.batch_size >= 1, "batch_size", "must be at least 1"),
-            (self.shuffle_buffer >= 1, "shuffle_buffer", "must be at least 1"),
-            (self.pad_to_multiple >= 1, "pad_to_multiple", "must be at least 1"),
-            (self.epochs is None or self.epochs >= 1, "epochs", "must be at least 1 or None"),
-            (self.length_bins is None or self.length_bins >= 1, "length_bins", "must be >= 1"),
-            (self.masking in (None, "dynamic", "static"), "masking", "must be dynamic/static"),
-            (self.mlm_prob is None or 0 < self.mlm_prob < 1, "mlm_prob", "must be in (0, 1)"),
-            (
-                not static or overrides == (None, None),
-                "masking",
-                "static takes no mlm_prob or "
-                "whole_word (stored masks are what they are); use masking='dynamic'",
-            ),
-            (
-                not static or self.fixed_masking_seed is None,
-                "masking",
-                "static cannot go with fixed_masking_seed, which masks dynamically",
-            ),
-        ]
-        for ok, field, message in checks:
-            if not ok:
-                raise ValueError(f"LoaderConfig.{field} {message} (got {getattr(self, field)!r})")
+    batch_size: int = Field(64, ge=1, description="Examples per batch (per rank).")
+    seed: int = Field(0, description="Base seed of the shard order, shuffle blocks and masks.")
+    shuffle: bool | None = Field(
+        None, description="Shuffle shards and examples each epoch; None: the train split only."
+    )
+    shuffle_buffer: int = Field(
+        8192, ge=1, description="Examples a worker shuffles together (a multiple of batch_size)."
+    )
+    masking: Masking | None = Field(
+        None,
+        description='None: the artifact\'s own; "dynamic" masks at load time, "static" uses '
+        "the stored masks.",
+    )
+    mlm_prob: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Dynamic masking rate; None: the artifact's (0.15 with fixed_masking_seed).",
+    )
+    whole_word: bool | None = Field(
+        None, description="Mask whole words (all ## pieces together); None: the artifact's."
+    )
+    fixed_masking_seed: int | None = Field(
+        None,
+        description="Validation: mask with this seed in every epoch, at 15% unless mlm_prob "
+        "says otherwise.",
+    )
+    pad_to_multiple: int = Field(
+        8, ge=1, description="Batch length: the longest example rounded up to this."
+    )
+    epochs: int | None = Field(
+        1, ge=1, description="Epochs per iteration; None: endless, for training by max_steps."
+    )
+    length_bins: int | None = Field(
+        None,
+        ge=1,
+        description="Length bins each shuffle block is grouped into before cutting batches, so "
+        "batches pad little (LDDL-style); None: the artifact's `length_bins`; 1: no binning.",
+    )
+
+    @model_validator(mode="after")
+    def _static_masks_are_what_they_are(self) -> LoaderConfig:
+        if self.masking == "static" and (self.mlm_prob, self.whole_word) != (None, None):
+            raise ValueError(
+                "masking: static takes no mlm_prob or whole_word (stored masks are what they "
+                "are); use masking='dynamic'"
+            )
+        if self.masking == "static" and self.fixed_masking_seed is not None:
+            raise ValueError(
+                "masking: static cannot go with fixed_masking_seed, which masks dynamically"
+            )
+        return self
 
 
 def validation_config(batch_size: int = 64, seed: int = 0) -> LoaderConfig:

@@ -1,5 +1,5 @@
 """`ShardConfig`, how BERT examples are made and sharded: the `shard` stage's options, the
-pipeline's `phases.N.shard` form, and part of the shards id. Apart from `shards.py` so that
+pipeline's `phases.N.shard` form, and part of the shards id. Apart from `stage.py` so that
 building or checking one needs no `tokenizers` or Arrow."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, model_validator
 
 from bertflow.pipeline.core.literals import Masking, Objective, Split
 
@@ -68,17 +68,21 @@ class ShardConfig(BaseModel):
         description="Worker processes; the output does not depend on it.",
     )
 
-    @model_validator(mode="after")
-    def _defaults(self) -> ShardConfig:
-        if self.dupe_factor is None:
-            object.__setattr__(self, "dupe_factor", 1 if self.masking == "dynamic" else 5)
-        if self.max_predictions is None:
-            object.__setattr__(
-                self, "max_predictions", max(1, round(self.max_seq_len * self.mlm_prob))
-            )
-        if self.num_validation_shards is None:
-            object.__setattr__(self, "num_validation_shards", self.num_shards)
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _derived_defaults(
+        cls, data: Any, handler: ModelWrapValidatorHandler[ShardConfig]
+    ) -> ShardConfig:
+        """The defaults that follow from other fields, filled in by validating again with them:
+        the config is frozen and never changed once built."""
+        config = handler(data)
+        derived = {
+            "dupe_factor": 1 if config.masking == "dynamic" else 5,
+            "max_predictions": max(1, round(config.max_seq_len * config.mlm_prob)),
+            "num_validation_shards": config.num_shards,
+        }
+        missing = {name: value for name, value in derived.items() if getattr(config, name) is None}
+        return handler({**config.model_dump(), **missing}) if missing else config
 
     def identity(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"workers"})

@@ -435,8 +435,12 @@ def test_errors_say_what_is_wrong(nsp, static, module_store):
         ShardDataset(nsp.url, nsp.id, "train", LoaderConfig(masking="static"))
     with pytest.raises(ValueError, match="stores static masks; mlm_prob/whole_word apply to"):
         ShardDataset(static.url, static.id, "train", LoaderConfig(mlm_prob=0.2))
-    with pytest.raises(ValueError, match="LoaderConfig.batch_size must be at least 1"):
+    with pytest.raises(
+        ValueError, match=r"batch_size\n  Input should be greater than or equal to 1"
+    ):
         LoaderConfig(batch_size=0)
+    with pytest.raises(ValueError, match="static takes no mlm_prob"):
+        LoaderConfig(masking="static", mlm_prob=0.2)
     loader = make_dataloader(dataset(nsp, batch_size=16), 0)
     next(iter(loader))
     with pytest.raises(
