@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 # Prefect's temporary server would try to send telemetry; these machines may have no network.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -26,8 +26,13 @@ PIPELINE_OPTIONS ?=
 demo: $(STAMP)
 	$(BIN)/bertflow run --preset demo $(PIPELINE_OPTIONS)
 
+# Everything: `gpu` tests skip themselves without CUDA. The slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
+
+# Without the end-to-end tests (`slow`: a whole pipeline, served deployments, the browser).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

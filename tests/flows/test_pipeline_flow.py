@@ -21,7 +21,7 @@ from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.lineage import lineage
 from bertflow.pipeline.core.store import ArtifactStore
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 STAGES = ["ingest", "tokenizer", "shard-1", "pretrain-1", "evaluate"]
 KINDS = ["corpus", "tokenizer", "shards", "model", "evaluation"]
 

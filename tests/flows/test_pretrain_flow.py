@@ -229,6 +229,7 @@ def running_flow(tiny_shards, training_config, tmp_path) -> Iterator[RunningFlow
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_cancelling_the_flow_run_stops_the_training_process_group_first(running_flow):
     """SIGTERM is how Prefect's runner cancels a flow run: the flow stops the trainer's group
     (a session of its own) before it exits, and its run ends Crashed rather than left Running."""
@@ -244,6 +245,7 @@ def test_cancelling_the_flow_run_stops_the_training_process_group_first(running_
     assert not run.run_dir.exists()  # no checkpoint yet, so nothing for --resume: cleared
 
 
+@pytest.mark.slow
 def test_a_killed_flow_process_takes_the_training_process_group_with_it(running_flow):
     """After SIGKILL the flow can clean nothing up: the trainer notices its parent is gone
     (PR_SET_PDEATHSIG, and a watchdog thread) and kills its own group."""

@@ -17,7 +17,7 @@ from bertflow.flows.deployments import AUTOMATION
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.pipeline.core.store import ArtifactStore
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 STAGE_FLOWS = ["ingest", "tokenizer", "shard", "pretrain", "evaluate"]
 PIPELINE = "pretraining-pipeline/bertflow-pipeline"
 EVERY_MINUTE = "* * * * *"  # served inactive; the schedule test turns it on, then off

@@ -32,6 +32,8 @@ from bertflow.flows.pipeline_config import PipelineConfig, to_yaml
 from bertflow.flows.serving import SERVER_LOST, ServerWatch, connection_lost
 from bertflow.pipeline.core.store import STORE_ENV, ArtifactStore
 
+pytestmark = pytest.mark.slow  # a served deployment end to end
+
 # Long enough that the websocket of the runner's cancellation observer gives up (~10 s) and that
 # `bertflow serve` counts the server as lost; a shorter blip Prefect rides out by itself.
 DOWN_S = ServerWatch().lost_after_s + 5

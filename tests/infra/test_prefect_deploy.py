@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.client.orchestration import get_client
+
+pytestmark = pytest.mark.slow  # prefect deploy against a real server
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "infra" / "prefect.yaml"

@@ -390,6 +390,7 @@ def test_endless_mode_runs_epoch_after_epoch_each_a_new_permutation(lopsided):
     assert epochs[0] != epochs[1] != epochs[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("artifact", "epochs"),
     [("lopsided", 2), ("lopsided", None), ("nsp", 1)],  # whole shards; ranges of examples
@@ -469,6 +470,7 @@ def padding(batches: list[dict[str, torch.Tensor]]) -> float:
     return 1.0 - float(mask.float().mean())
 
 
+@pytest.mark.slow
 def test_length_bins_cut_padding_and_keep_every_example_once_and_resume_exact(nsp):
     options = {"batch_size": 8, "shuffle_buffer": 64}
     plain = collect(dataset(nsp, **options), 2)

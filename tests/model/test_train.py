@@ -147,6 +147,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_trains_on_disjoint_data(tiny_shards, training_config, tmp_path):
     """torchrun, 2 processes, gloo: each rank reads its own examples; rank 0 publishes."""
     script = tmp_path / "ddp.py"

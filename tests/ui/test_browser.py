@@ -28,11 +28,14 @@ from bertflow.pipeline.core.store import ArtifactStore
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
 )
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it): "
-    "neither /usr/bin/chromium nor `chromium` on PATH",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it): "
+        "neither /usr/bin/chromium nor `chromium` on PATH",
+    ),
+]
 # Headless, and quiet: without the background-networking flags chromium keeps dialing out.
 CHROMIUM_ARGS = [
     "--headless",
