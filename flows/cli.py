@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from bertflow.flows.serve_options import ServeOptions
 from bertflow.model.evaluation.config import EvaluateConfig
 from bertflow.model.evaluation.task_spec import TaskSpec
 from bertflow.model.training.config import TrainConfig
@@ -242,29 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Prefect server at PREFECT_API_URL: run them from the UI, on a schedule, or on events.",
     )
     _add_pipeline_config(serve)
-    serve.add_argument(
-        "--cron",
-        default="0 3 * * 0",
-        help="the pipeline's retraining schedule (default: Sundays 03:00)",
-    )
-    serve.add_argument("--timezone", default="UTC", help="of the cron schedule")
-    serve.add_argument(
-        "--schedule-active",
-        action="store_true",
-        help="turn the schedule on (default: off until turned on in the UI)",
-    )
-    serve.add_argument(
-        "--automation",
-        action="store_true",
-        help="enable the automation that runs the pipeline on each new corpus (default: off)",
-    )
-    serve.add_argument(
-        "--concurrency",
-        type=int,
-        default=1,
-        metavar="N",
-        help="pipeline (and pretrain) runs at once per deployment (default 1)",
-    )
+    add_config_options(serve, ServeOptions, skip=("config",))
     serve.set_defaults(handler=_serve)
 
     export = commands.add_parser(
@@ -611,6 +590,10 @@ def _last_model(result: Any) -> str:
     return [name for name in result.stages if name.startswith("pretrain-")][-1]
 
 
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    return config_from_args(ServeOptions, args, config=_pipeline_config(args))
+
+
 def _serve(args: argparse.Namespace) -> int:
     if not os.environ.get("PREFECT_API_URL"):
         print(
@@ -620,21 +603,11 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.concurrency < 1:
-        print("bertflow serve: --concurrency: must be at least 1", file=sys.stderr)
-        return 2
-    from bertflow.flows.deployments import AUTOMATION, ServeOptions, deployments
+    options = serve_options(args)  # a bad value is refused naming its option, before Prefect loads
+    from bertflow.flows.deployments import AUTOMATION, deployments
     from bertflow.flows.records import ui_base
     from bertflow.flows.serving import serve
 
-    options = ServeOptions(
-        config=_pipeline_config(args),
-        cron=args.cron,
-        timezone=args.timezone,
-        schedule_active=args.schedule_active,
-        automation=args.automation,
-        concurrency=args.concurrency,
-    )
     served = deployments(options)
     api = os.environ["PREFECT_API_URL"]
     state = "active" if options.schedule_active else "inactive: turn it on in the UI"

@@ -10,7 +10,6 @@ most `concurrency` runs at a time; later ones wait (Prefect's deployment concurr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -21,28 +20,14 @@ from prefect.schedules import Cron
 from bertflow.flows.evaluate import evaluate_flow
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.flows.pipeline import pretraining_pipeline
-from bertflow.flows.pipeline_config import PipelineConfig
 from bertflow.flows.pretrain import pretrain_flow
+from bertflow.flows.serve_options import ServeOptions
 from bertflow.flows.shards import shard_flow
 from bertflow.flows.tokenizer import tokenizer_flow
 
 PIPELINE_DEPLOYMENT = "bertflow-pipeline"
 TAGS = ["bertflow"]
 AUTOMATION = "bertflow: pretrain on each new corpus"
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    config: PipelineConfig = field(default_factory=PipelineConfig)
-    """The pipeline deployment's default parameters (the form's initial values)."""
-    cron: str = "0 3 * * 0"
-    """When scheduled retraining runs (Sundays at 03:00); inactive until turned on."""
-    timezone: str = "UTC"
-    schedule_active: bool = False
-    automation: bool = False
-    """Whether the new-corpus automation is enabled when it is created."""
-    concurrency: int = 1
-    """Runs of the pipeline (and of pretrain) at once per deployment; later ones queue."""
 
 
 def deployments(options: ServeOptions) -> list[RunnerDeployment]:

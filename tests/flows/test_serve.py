@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect_records import PrefectRecords, bertflow_serve, poll, wait_for_run
 
-from bertflow.flows.cli import build_parser, main
+from bertflow.flows.cli import build_parser, main, serve_options
 from bertflow.flows.deployments import AUTOMATION
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.pipeline.core.store import ArtifactStore
@@ -163,13 +163,14 @@ def test_turning_the_schedule_on_makes_runs_that_the_served_process_completes(
 
 
 def test_the_automation_and_schedule_are_off_unless_asked_for():
-    from bertflow.flows.deployments import ServeOptions, deployments
+    from bertflow.flows.deployments import deployments
+    from bertflow.flows.serve_options import ServeOptions
 
     pipeline = deployments(ServeOptions())[0]
     assert [s.active for s in pipeline.schedules] == [False]
     assert [t.enabled for t in pipeline.triggers] == [False]
-    args = build_parser().parse_args(["serve"])
-    assert (args.automation, args.schedule_active, args.concurrency) == (False, False, 1)
+    options = serve_options(build_parser().parse_args(["serve"]))
+    assert (options.automation, options.schedule_active, options.concurrency) == (False, False, 1)
 
 
 def test_serve_without_a_server_says_how_to_start_one(monkeypatch, capsys):

@@ -26,9 +26,10 @@ from prefect_records import PrefectRecords, poll, wait_for_run
 from prefect_server import PrefectServer
 
 from bertflow.flows import serving
-from bertflow.flows.deployments import ServeOptions, deployments
+from bertflow.flows.deployments import deployments
 from bertflow.flows.ingest import ingest_flow
 from bertflow.flows.pipeline_config import PipelineConfig, to_yaml
+from bertflow.flows.serve_options import ServeOptions
 from bertflow.flows.serving import SERVER_LOST, ServerWatch, connection_lost
 from bertflow.pipeline.core.store import STORE_ENV, ArtifactStore
 
