@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from bertflow.model.evaluation.task_spec import GlueTask, TaskSpec  # TaskSpec re-exported from here
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import Problem
-from bertflow.pipeline.core.manifest import InputFingerprint, sha256_file, sha256_stream
-from bertflow.pipeline.core.store import is_local_fs
+from bertflow.pipeline.core.manifest import InputFingerprint, sha256_file
+from bertflow.pipeline.core.store import fingerprint_file, is_local_fs
 from bertflow.pipeline.ingest import demo_task
 
 FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
@@ -338,16 +338,9 @@ def _folder_file(
 def _fingerprint(fs: fsspec.AbstractFileSystem, file: _TaskFile) -> InputFingerprint:
     """sha256 of a local file (task files are small enough to always hash), ETag of an object."""
     try:
-        info = fs.info(file.path)
-        if is_local_fs(fs):
-            with fs.open(file.path, "rb") as f:
-                value = "sha256:" + sha256_stream(f)
-        else:
-            etag = info.get("ETag") or info.get("etag")
-            value = f"etag:{etag.strip(chr(34))}" if etag else f"checksum:{fs.checksum(file.path)}"
+        return fingerprint_file(fs, file.path, file.uri)
     except OSError as e:
         raise InputError(f"{file.name}: cannot read ({e})") from None
-    return InputFingerprint(uri=file.uri, size=int(info.get("size") or 0), fingerprint=value)
 
 
 # --- Reading files into raw columns -------------------------------------------------------------

@@ -318,6 +318,30 @@ def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols
 
 
+def fingerprint_file(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    uri: str,
+    size: int | None = None,
+    hash_limit: int | None = None,
+) -> InputFingerprint:
+    """What an input file is, for the id of an artifact made from it: the sha256 of a local
+    file (its size and mtime when over `hash_limit` bytes), else the object's ETag (or the
+    filesystem's checksum)."""
+    info = fs.info(path)
+    size = int(info.get("size") or 0) if size is None else size
+    if is_local_fs(fs):
+        if hash_limit is not None and size > hash_limit:
+            stat = os.stat(path)
+            value = f"stat:{stat.st_size}:{stat.st_mtime_ns}"
+        else:
+            value = "sha256:" + sha256_file(Path(path))
+    else:
+        etag = info.get("ETag") or info.get("etag")
+        value = f"etag:{str(etag).strip(chr(34))}" if etag else f"checksum:{fs.checksum(path)}"
+    return InputFingerprint(uri=uri, size=size, fingerprint=value)
+
+
 def _file_entries(folder: Path) -> list[FileEntry]:
     entries = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -9,7 +9,6 @@ the speeches that the built-in downstream task `demo-era` holds out (`demo_task.
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,8 +17,8 @@ import fsspec
 
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import Format
-from bertflow.pipeline.core.manifest import InputFingerprint, sha256_file
-from bertflow.pipeline.core.store import is_local_fs
+from bertflow.pipeline.core.manifest import InputFingerprint
+from bertflow.pipeline.core.store import fingerprint_file
 from bertflow.pipeline.ingest.demo_task import pretraining_speeches
 from bertflow.pipeline.ingest.file_types import detect_format
 
@@ -75,17 +74,7 @@ def fingerprint(
 ) -> InputFingerprint:
     """Content hash for small local files, size+mtime for large ones, ETag for object storage."""
     fs, path = fsspec.core.url_to_fs(file.uri, **(storage_options or {}))
-    if is_local_fs(fs):
-        if file.size > CONTENT_HASH_MAX_BYTES:
-            stat = os.stat(path)
-            value = f"stat:{stat.st_size}:{stat.st_mtime_ns}"
-        else:
-            value = "sha256:" + sha256_file(Path(path))
-    else:
-        info = fs.info(path)
-        etag = info.get("ETag") or info.get("etag")
-        value = f"etag:{str(etag).strip(chr(34))}" if etag else f"checksum:{fs.checksum(path)}"
-    return InputFingerprint(uri=file.fingerprint_uri, size=file.size, fingerprint=value)
+    return fingerprint_file(fs, path, file.fingerprint_uri, file.size, CONTENT_HASH_MAX_BYTES)
 
 
 def _expand(source: str, storage_options: dict[str, Any]):
