@@ -84,7 +84,9 @@ from bertflow.model.evaluation.stage import (
     prepare_task,
     resolve_device,
 )
-from bertflow.model.evaluation.tasks import TaskSpec, TaskSplit, read_task
+from bertflow.model.evaluation.task_data import TaskSplit
+from bertflow.model.evaluation.task_spec import TaskSpec
+from bertflow.model.evaluation.tasks import read_task
 from bertflow.model.export import folder_files, load_export
 from bertflow.model.training.config import TrainConfig
 from bertflow.model.training.launcher import PROGRESS_PREFIX

@@ -172,7 +172,7 @@ def tiny_pipeline(store_url: str, task_folder: Any, **changes: Any) -> Any:
 
     from bertflow.flows.pipeline_config import Phase, PipelineConfig
     from bertflow.model.evaluation.stage import EvaluateConfig
-    from bertflow.model.evaluation.tasks import TaskSpec
+    from bertflow.model.evaluation.task_spec import TaskSpec
     from bertflow.pipeline.ingest.stage import IngestConfig
     from bertflow.pipeline.shards.stage import ShardConfig
     from bertflow.pipeline.tokenizer.stage import TokenizerConfig

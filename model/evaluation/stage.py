@@ -41,7 +41,9 @@ from bertflow.model.evaluation.finetune import (
 )
 from bertflow.model.evaluation.intrinsic import batch_count, intrinsic_metrics, validation_dataset
 from bertflow.model.evaluation.metrics import HIGHER_IS_BETTER, compute_metrics, summarize_runs
-from bertflow.model.evaluation.tasks import TaskData, TaskSpec, TaskSplit, read_task
+from bertflow.model.evaluation.task_data import TaskData, TaskSplit
+from bertflow.model.evaluation.task_spec import TaskSpec
+from bertflow.model.evaluation.tasks import read_task
 from bertflow.model.export import artifact_files, load_export
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import Problem

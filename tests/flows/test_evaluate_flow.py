@@ -10,7 +10,7 @@ import pytest
 from bertflow.flows.cli import main
 from bertflow.flows.evaluate import evaluate_flow
 from bertflow.model.evaluation.stage import EvaluateConfig
-from bertflow.model.evaluation.tasks import TaskSpec
+from bertflow.model.evaluation.task_spec import TaskSpec
 from bertflow.pipeline.core.store import ArtifactStore
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

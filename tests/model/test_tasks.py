@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bertflow.flows.pipeline_config import shared_sst2
-from bertflow.model.evaluation.tasks import TaskSpec, read_task, task_inputs
+from bertflow.model.evaluation.task_spec import TaskSpec
+from bertflow.model.evaluation.tasks import read_task, task_inputs
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.ingest import demo_task
 from bertflow.pipeline.ingest.sources import resolve_sources
