@@ -149,7 +149,7 @@ def stage_here(
     config = stage.TokenizerConfig(
         vocab_size=vocab_size, sample_bytes=sample_bytes, threads=threads
     )
-    _, _, tokenizer_id = stage.plan_tokenizer(store, corpus_id, config)
+    tokenizer_id = stage.plan_tokenizer(store, corpus_id, config).artifact_id
     shutil.rmtree(store.local_path(tokenizer_id), ignore_errors=True)  # always train, never reuse
     started = time.perf_counter()
     published = stage.make_tokenizer(store, corpus_id, config)

@@ -57,15 +57,7 @@ def evaluate_flow(
             ]
         )
 
-    result = cached_or_built(
-        store,
-        plan.artifact_id,
-        "Evaluation",
-        build,
-        upstream=plan.upstream,
-        input_uris=[i.uri for i in plan.inputs],
-        details=details,
-    )
+    result = cached_or_built(store, plan, "Evaluation", build, details=details)
     rows = metric_rows(result.stats)
     if rows:
         create_table_artifact(

@@ -38,16 +38,9 @@ def ingest_flow(config: IngestConfig, store_url: str | None = None) -> StageResu
         from bertflow.pipeline.ingest.stage import build_and_publish
 
         callbacks = progress_callbacks(f"ingesting {len(the_plan.files)} files")
-        return build_and_publish(the_plan, store, callbacks, flow_run_id=flow_run.get_id())
+        return build_and_publish(store, the_plan, callbacks, flow_run_id=flow_run.get_id())
 
-    result = cached_or_built(
-        store,
-        the_plan.artifact_id,
-        "Corpus",
-        build,
-        upstream={},
-        input_uris=[i.uri for i in the_plan.inputs],
-    )
+    result = cached_or_built(store, the_plan, "Corpus", build)
     if not result.cached:
         announce_corpus(result, config)
     return result

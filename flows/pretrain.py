@@ -48,13 +48,7 @@ def pretrain_flow(
         return Published(store.require(plan.artifact_id), cached=False)
 
     return cached_or_built(
-        store,
-        plan.artifact_id,
-        "Model",
-        build,
-        upstream=plan.upstream,
-        input_uris=[],
-        details=lambda manifest: model_report(store, manifest),
+        store, plan, "Model", build, details=lambda manifest: model_report(store, manifest)
     )
 
 

@@ -62,15 +62,7 @@ def shard_flow(
             spill_root=spill_dir,
         )
 
-    return cached_or_built(
-        store,
-        plan.artifact_id,
-        "Shards",
-        build,
-        upstream={"corpus": corpus_id, "tokenizer": tokenizer_id},
-        input_uris=[],
-        details=shard_report,
-    )
+    return cached_or_built(store, plan, "Shards", build, details=shard_report)
 
 
 def run_shard_flow(dask_address: str | None = None, **parameters: Any) -> StageResult:

@@ -20,23 +20,13 @@ def tokenizer_flow(
     """Train (or import) a BERT WordPiece vocabulary on a corpus's train split."""
     config = config or TokenizerConfig()
     store = ArtifactStore(store_url)
-    corpus, inputs, tokenizer_id = plan_tokenizer(store, corpus_id, config)
+    plan = plan_tokenizer(store, corpus_id, config)
 
     def build():
         callbacks = progress_callbacks(f"training a tokenizer on {corpus_id}")
-        return build_and_publish(
-            store, corpus, inputs, tokenizer_id, config, flow_run.get_id(), callbacks
-        )
+        return build_and_publish(store, plan, callbacks, flow_run_id=flow_run.get_id())
 
-    return cached_or_built(
-        store,
-        tokenizer_id,
-        "Tokenizer",
-        build,
-        upstream={"corpus": corpus_id},
-        input_uris=[i.uri for i in inputs],
-        details=token_report,
-    )
+    return cached_or_built(store, plan, "Tokenizer", build, details=token_report)
 
 
 def token_report(manifest: Manifest) -> str:

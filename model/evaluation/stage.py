@@ -50,6 +50,7 @@ from bertflow.pipeline.core.literals import Problem
 from bertflow.pipeline.core.manifest import InputFingerprint, Manifest, artifact_id, canonical_json
 from bertflow.pipeline.core.progress import Progress, ProgressCallback
 from bertflow.pipeline.core.seeds import derive_seed
+from bertflow.pipeline.core.stage import cached_or_built
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.shards.format import VOCAB_FILE
 
@@ -487,7 +488,4 @@ def build_and_publish(
 def run_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig) -> Published:
     """Evaluate without Prefect: the cached artifact when it exists."""
     plan = plan_evaluation(store, model_id, config)
-    existing = store.get(plan.artifact_id)
-    if existing is not None:
-        return Published(existing, cached=True)
-    return build_and_publish(store, plan)
+    return cached_or_built(store, plan, lambda: build_and_publish(store, plan))

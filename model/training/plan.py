@@ -15,7 +15,7 @@ from bertflow.model.bert import BertConfig
 from bertflow.model.training.config import TrainConfig
 from bertflow.model.training.loader import LoaderConfig, ShardDataset
 from bertflow.pipeline.core.errors import InputError
-from bertflow.pipeline.core.manifest import Manifest, artifact_id
+from bertflow.pipeline.core.manifest import InputFingerprint, Manifest, artifact_id
 from bertflow.pipeline.core.store import ArtifactStore
 
 RUNS_ENV = "BERTFLOW_RUNS"
@@ -34,6 +34,10 @@ class PretrainPlan:
     architecture: BertConfig
     world_size: int
     artifact_id: str
+
+    @property
+    def inputs(self) -> list[InputFingerprint]:
+        return []  # everything it reads is in the store
 
     @property
     def upstream(self) -> dict[str, str]:

@@ -29,6 +29,10 @@ class IngestPlan:
     artifact_id: str
     buckets: dict[Split, int]
 
+    @property
+    def upstream(self) -> dict[str, str]:
+        return {}  # a corpus is made from raw files alone: its `inputs`
+
 
 def plan_ingest(config: IngestConfig, storage_options: dict[str, Any] | None = None) -> IngestPlan:
     """Resolve and fingerprint the sources; cheap enough to run before every cache check."""

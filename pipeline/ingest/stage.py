@@ -37,6 +37,7 @@ from bertflow.pipeline.core.literals import Split
 from bertflow.pipeline.core.parallel import run_tasks
 from bertflow.pipeline.core.progress import BYTES, Progress, ProgressCallback
 from bertflow.pipeline.core.scratch import TEMP_PREFIX, scratch_folder
+from bertflow.pipeline.core.stage import cached_or_built
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.ingest.clean import SentenceLimits, document_sentences
 from bertflow.pipeline.ingest.config import IngestConfig  # re-exported: importers keep this path
@@ -61,15 +62,16 @@ def ingest(
 ) -> Published:
     """Plan, skip when the corpus exists, else build and publish it."""
     plan = plan_ingest(config, storage_options)
-    existing = store.get(plan.artifact_id)
-    if existing is not None:
-        return Published(existing, cached=True)
-    return build_and_publish(plan, store, callbacks, flow_run_id, storage_options)
+    return cached_or_built(
+        store,
+        plan,
+        lambda: build_and_publish(store, plan, callbacks, flow_run_id, storage_options),
+    )
 
 
 def build_and_publish(
-    plan: IngestPlan,
     store: ArtifactStore,
+    plan: IngestPlan,
     callbacks: Sequence[ProgressCallback] = (),
     flow_run_id: str | None = None,
     storage_options: dict[str, Any] | None = None,

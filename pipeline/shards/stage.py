@@ -33,11 +33,12 @@ from tokenizers import Tokenizer
 
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import MASK, Split
-from bertflow.pipeline.core.manifest import Manifest, artifact_id
+from bertflow.pipeline.core.manifest import InputFingerprint, Manifest, artifact_id
 from bertflow.pipeline.core.parallel import Report, run_tasks
 from bertflow.pipeline.core.progress import Progress, ProgressCallback
 from bertflow.pipeline.core.scratch import TEMP_PREFIX, scratch_folder, sweep
 from bertflow.pipeline.core.seeds import derive_seed, python_rng
+from bertflow.pipeline.core.stage import cached_or_built
 from bertflow.pipeline.core.store import ArtifactStore, Published, StoreError
 from bertflow.pipeline.ingest.corpus import SPLITS, split_files
 from bertflow.pipeline.shards.config import ShardConfig  # re-exported: importers keep this path
@@ -63,6 +64,14 @@ class ShardPlan:
     corpus: Manifest
     tokenizer: Manifest
     artifact_id: str
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        return {"corpus": self.corpus.id, "tokenizer": self.tokenizer.id}
+
+    @property
+    def inputs(self) -> list[InputFingerprint]:
+        return []  # everything it reads is in the store
 
 
 def plan_shards(
@@ -91,10 +100,9 @@ def make_shards(
     flow_run_id: str | None = None,
 ) -> Published:
     plan = plan_shards(store, corpus_id, tokenizer_id, config)
-    existing = store.get(plan.artifact_id)
-    if existing is not None:
-        return Published(existing, cached=True)
-    return build_and_publish(store, plan, callbacks, flow_run_id)
+    return cached_or_built(
+        store, plan, lambda: build_and_publish(store, plan, callbacks, flow_run_id)
+    )
 
 
 MAX_RANDOM_NEXT_SHARE = 0.9  # 0.5 is drawn; short examples add more (0.78 at 32 tokens), not this

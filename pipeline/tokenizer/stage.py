@@ -16,6 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.literals import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK
 from bertflow.pipeline.core.manifest import InputFingerprint, Manifest, artifact_id, sha256_file
 from bertflow.pipeline.core.progress import Progress, ProgressCallback
+from bertflow.pipeline.core.stage import cached_or_built
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.ingest.corpus import iter_documents
 from bertflow.pipeline.tokenizer.config import TokenizerConfig
@@ -46,10 +48,20 @@ WARN_UNK_RATE = 0.01  # a WordPiece vocabulary trained on the text has next to n
 MAX_UNK_RATE = 0.25
 
 
-def plan_tokenizer(
-    store: ArtifactStore, corpus_id: str, config: TokenizerConfig
-) -> tuple[Manifest, list[InputFingerprint], str]:
-    """(corpus manifest, input fingerprints, tokenizer id); errors for a bad upstream or vocab."""
+@dataclass(frozen=True)
+class TokenizerPlan:
+    config: TokenizerConfig
+    corpus: Manifest
+    inputs: list[InputFingerprint]  # an imported vocabulary file, else none
+    artifact_id: str
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        return {"corpus": self.corpus.id}
+
+
+def plan_tokenizer(store: ArtifactStore, corpus_id: str, config: TokenizerConfig) -> TokenizerPlan:
+    """Check the corpus (and an imported vocabulary) and name the tokenizer artifact."""
     corpus = store.require(corpus_id, kind="corpus")
     if not corpus.stats.get("documents", {}).get("train"):
         raise InputError(f"{corpus_id}: the corpus has an empty train split")
@@ -68,7 +80,7 @@ def plan_tokenizer(
     tokenizer_id = artifact_id(
         "tokenizer", config.identity(), upstream={"corpus": corpus_id}, inputs=inputs
     )
-    return corpus, inputs, tokenizer_id
+    return TokenizerPlan(config, corpus, inputs, tokenizer_id)
 
 
 def make_tokenizer(
@@ -79,24 +91,21 @@ def make_tokenizer(
     callbacks: Sequence[ProgressCallback] = (),
 ) -> Published:
     """Plan, skip when the tokenizer exists, else build and publish it."""
-    corpus, inputs, tokenizer_id = plan_tokenizer(store, corpus_id, config)
-    existing = store.get(tokenizer_id)
-    if existing is not None:
-        return Published(existing, cached=True)
-    return build_and_publish(store, corpus, inputs, tokenizer_id, config, flow_run_id, callbacks)
+    plan = plan_tokenizer(store, corpus_id, config)
+    return cached_or_built(
+        store, plan, lambda: build_and_publish(store, plan, callbacks, flow_run_id)
+    )
 
 
 def build_and_publish(
     store: ArtifactStore,
-    corpus: Manifest,
-    inputs: list[InputFingerprint],
-    tokenizer_id: str,
-    config: TokenizerConfig,
-    flow_run_id: str | None = None,
+    plan: TokenizerPlan,
     callbacks: Sequence[ProgressCallback] = (),
+    flow_run_id: str | None = None,
 ) -> Published:
     """Train (or import) the vocabulary, measure it on the validation split, and publish it;
     progress goes by those two passes (the trainer reports nothing on its way)."""
+    config, corpus, tokenizer_id = plan.config, plan.corpus, plan.artifact_id
     progress = Progress("tokenizer", 2, "pass", callbacks)
     started = time.monotonic()
     store.check_intact(corpus)  # both splits are read: training, then validation
@@ -129,7 +138,7 @@ def build_and_publish(
             tokenizer_id,
             config=config.model_dump(mode="json"),
             upstream={"corpus": corpus.id},
-            inputs=inputs,
+            inputs=plan.inputs,
             stats=stats,
             layout={
                 "tokenizer": "tokenizer.json",
