@@ -481,8 +481,22 @@ def build_and_publish(
             inputs=plan.inputs,
             stats=stats,
             layout=layout,
+            summary=evaluation_summary(stats),
             flow_run_id=flow_run_id,
         )
+
+
+def evaluation_summary(stats: dict[str, Any]) -> str:
+    """One line on an evaluation: MLM accuracy and each task's primary metric (median)."""
+    parts = []
+    if "mlm_acc" in (intrinsic := stats.get("intrinsic", {})):
+        parts.append(f"MLM accuracy {intrinsic['mlm_acc']:.1%}")
+    elif "not_measured" in intrinsic:
+        parts.append(f"intrinsic not measured ({intrinsic['not_measured']})")
+    for name, task in stats.get("tasks", {}).items():
+        primary = task["primary"]
+        parts.append(f"{name} {primary} {task['model'][primary]['median']:.4f}")
+    return "evaluation: " + (", ".join(parts) or "no metrics")
 
 
 def run_evaluation(store: ArtifactStore, model_id: str, config: EvaluateConfig) -> Published:

@@ -163,8 +163,26 @@ def publish_model(
             upstream=plan.upstream,
             stats=stats,
             layout=layout,
+            summary=model_summary(layout, stats),
             flow_run_id=flow_run_id,
         )
+
+
+def model_summary(layout: dict[str, Any], stats: dict[str, Any]) -> str:
+    """One line on a model: its shape and size, its training, its validation scores."""
+    arch, val = layout.get("architecture", {}), stats.get("validation", {})
+    scores = (
+        f"validation MLM loss {val['mlm_loss']:.3f}, accuracy {val['mlm_acc']:.1%}"
+        if ("mlm_loss" in val)
+        else "no validation"
+    )
+    if "nsp_acc" in val:
+        scores += f", NSP accuracy {val['nsp_acc']:.1%}"
+    return (
+        f"BERT {arch.get('num_layers')}x{arch.get('hidden_size')}"
+        f" ({stats.get('parameters', 0) / 1e6:.1f}M parameters), {stats.get('steps', 0):,}"
+        f" steps at batch {stats.get('global_batch')}; {scores}"
+    )
 
 
 def _stats(

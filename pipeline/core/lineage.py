@@ -48,58 +48,11 @@ def _node(
 
 
 def summarize(manifest: Manifest) -> str:
-    """One line saying what an artifact holds, from its stats."""
-    stats = manifest.stats
-    if manifest.kind == "corpus":
-        docs, sents = stats.get("documents", {}), stats.get("sentences", {})
-        validation = "no validation (empty split)"
-        if docs.get("validation"):
-            validation = f"{docs['validation']:,} validation"
-        return (
-            f"{docs.get('train', 0):,} train / {validation} documents,"
-            f" {sum(sents.values()):,} sentences"
-        )
-    if manifest.kind == "tokenizer":
-        case = "uncased" if manifest.config.get("lowercase") else "cased"
-        if not stats.get("validation_sentences"):
-            vocab = stats.get("vocab_size", 0)
-            return f"{vocab:,} tokens ({case}); not measured: empty validation split"
-        return (
-            f"{stats.get('vocab_size', 0):,} tokens ({case}), unk rate"
-            f" {stats.get('unk_rate', 0):.4%}, {stats.get('pieces_per_word', 0)} pieces/word"
-        )
-    if manifest.kind == "shards":
-        train, layout = stats.get("train", {}), manifest.layout
-        return (
-            f"{train.get('examples', 0):,} train examples of <= {layout.get('max_seq_len')} tokens"
-            f" in {len(layout.get('splits', {}).get('train', []))} shards,"
-            f" {layout.get('objective')}, {layout.get('masking')} masking"
-        )
-    if manifest.kind == "model":
-        arch, val = manifest.layout.get("architecture", {}), stats.get("validation", {})
-        scores = (
-            f"validation MLM loss {val['mlm_loss']:.3f}, accuracy {val['mlm_acc']:.1%}"
-            if ("mlm_loss" in val)
-            else "no validation"
-        )
-        if "nsp_acc" in val:
-            scores += f", NSP accuracy {val['nsp_acc']:.1%}"
-        return (
-            f"BERT {arch.get('num_layers')}x{arch.get('hidden_size')}"
-            f" ({stats.get('parameters', 0) / 1e6:.1f}M parameters), {stats.get('steps', 0):,}"
-            f" steps at batch {stats.get('global_batch')}; {scores}"
-        )
-    if manifest.kind == "evaluation":
-        parts = []
-        if "mlm_acc" in (intrinsic := stats.get("intrinsic", {})):
-            parts.append(f"MLM accuracy {intrinsic['mlm_acc']:.1%}")
-        elif "not_measured" in intrinsic:
-            parts.append(f"intrinsic not measured ({intrinsic['not_measured']})")
-        for name, task in stats.get("tasks", {}).items():
-            primary = task["primary"]
-            parts.append(f"{name} {primary} {task['model'][primary]['median']:.4f}")
-        return "evaluation: " + (", ".join(parts) or "no metrics")
-    return ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int | float | str))
+    """One line saying what an artifact holds: the stage's own, else its scalar stats."""
+    if manifest.summary:
+        return manifest.summary
+    stats = manifest.stats.items()
+    return ", ".join(f"{k}={v}" for k, v in stats if isinstance(v, int | float | str))
 
 
 def render(tree: dict[str, Any]) -> str:

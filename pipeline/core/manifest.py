@@ -78,6 +78,7 @@ class Manifest(BaseModel):
         default_factory=dict, description="kind-specific map of files, e.g. splits -> file names"
     )
     stats: dict[str, Any] = Field(default_factory=dict)
+    summary: str = Field("", description="one line on what it holds, by the stage that made it")
     producer: Producer
 
     def to_json(self) -> str:

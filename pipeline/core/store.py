@@ -236,6 +236,7 @@ class ArtifactStore:
         inputs: list[InputFingerprint] | None = None,
         stats: dict[str, Any] | None = None,
         layout: dict[str, Any] | None = None,
+        summary: str = "",
         flow_run_id: str | None = None,
     ) -> Published:
         """Hash the staged files, write the manifest last, and make the artifact visible."""
@@ -254,6 +255,7 @@ class ArtifactStore:
             files=_file_entries(staging),
             layout=layout or {},
             stats=stats or {},
+            summary=summary,
             producer=Producer(
                 bertflow_version=bertflow_version(),
                 git_commit=git_commit(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,3 +75,15 @@ def iter_documents(
                 yield from zip(
                     batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
                 )
+
+
+def corpus_summary(stats: dict[str, Any]) -> str:
+    """One line on a corpus: its documents by split and its sentences."""
+    docs, sents = stats.get("documents", {}), stats.get("sentences", {})
+    validation = "no validation (empty split)"
+    if docs.get("validation"):
+        validation = f"{docs['validation']:,} validation"
+    return (
+        f"{docs.get('train', 0):,} train / {validation} documents,"
+        f" {sum(sents.values()):,} sentences"
+    )

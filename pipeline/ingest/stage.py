@@ -41,7 +41,7 @@ from bertflow.pipeline.core.stage import cached_or_built
 from bertflow.pipeline.core.store import ArtifactStore, Published
 from bertflow.pipeline.ingest.clean import SentenceLimits, document_sentences
 from bertflow.pipeline.ingest.config import IngestConfig  # re-exported: importers keep this path
-from bertflow.pipeline.ingest.corpus import CORPUS_SCHEMA, SPLITS, write_corpus_file
+from bertflow.pipeline.ingest.corpus import CORPUS_SCHEMA, SPLITS, corpus_summary, write_corpus_file
 from bertflow.pipeline.ingest.formats import ReaderOptions, read_documents
 from bertflow.pipeline.ingest.plan import IngestPlan, plan_ingest  # re-exported too
 from bertflow.pipeline.ingest.raw import ReadTally
@@ -85,6 +85,7 @@ def build_and_publish(
             inputs=plan.inputs,
             stats=stats,
             layout=layout,
+            summary=corpus_summary(stats),
             flow_run_id=flow_run_id,
         )
 

@@ -129,6 +129,7 @@ def build_and_publish(
             upstream={"corpus": plan.corpus.id, "tokenizer": plan.tokenizer.id},
             stats=stats,
             layout=layout,
+            summary=shards_summary(stats, layout),
             flow_run_id=flow_run_id,
         )
 
@@ -690,3 +691,13 @@ def _layout(plan: ShardPlan, written: list[_WriteResult], vocab: tuple[list[str]
         "seed": config.seed,
         "length_bins": config.length_bins,
     }
+
+
+def shards_summary(stats: dict[str, Any], layout: dict[str, Any]) -> str:
+    """One line on a shards artifact: its train examples, their length, shards and objective."""
+    train = stats.get("train", {})
+    return (
+        f"{train.get('examples', 0):,} train examples of <= {layout.get('max_seq_len')} tokens"
+        f" in {len(layout.get('splits', {}).get('train', []))} shards,"
+        f" {layout.get('objective')}, {layout.get('masking')} masking"
+    )

@@ -140,6 +140,7 @@ def build_and_publish(
             upstream={"corpus": corpus.id},
             inputs=plan.inputs,
             stats=stats,
+            summary=tokenizer_summary(config, stats),
             layout={
                 "tokenizer": "tokenizer.json",
                 "vocab": "vocab.txt",
@@ -147,6 +148,18 @@ def build_and_publish(
             },
             flow_run_id=flow_run_id,
         )
+
+
+def tokenizer_summary(config: TokenizerConfig, stats: dict[str, Any]) -> str:
+    """One line on a tokenizer: its size and case, and how it splits validation text."""
+    case = "uncased" if config.lowercase else "cased"
+    if not stats.get("validation_sentences"):
+        vocab = stats.get("vocab_size", 0)
+        return f"{vocab:,} tokens ({case}); not measured: empty validation split"
+    return (
+        f"{stats.get('vocab_size', 0):,} tokens ({case}), unk rate"
+        f" {stats.get('unk_rate', 0):.4%}, {stats.get('pieces_per_word', 0)} pieces/word"
+    )
 
 
 def unknown_token_warnings(
