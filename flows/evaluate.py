@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from bertflow.flows.records import artifact_link, embedded_png, progress_callbacks
+from bertflow.flows.records import artifact_link, progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
 from bertflow.model.evaluation.report import (
@@ -25,6 +25,7 @@ from bertflow.model.evaluation.report import (
 )
 from bertflow.model.evaluation.stage import EvaluateConfig, build_and_publish, plan_evaluation
 from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.markdown import embedded_png
 from bertflow.pipeline.core.store import ArtifactStore
 
 

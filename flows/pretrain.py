@@ -16,13 +16,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from bertflow.flows.records import embedded_png, progress_callbacks
+from bertflow.flows.records import progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
 from bertflow.model.training.config import TrainConfig
 from bertflow.model.training.launcher import run_training
 from bertflow.model.training.plan import PretrainPlan, default_run_dir, plan_pretrain
-from bertflow.pipeline.core.manifest import Manifest
+from bertflow.model.training.report import model_markdown
 from bertflow.pipeline.core.progress import Progress
 from bertflow.pipeline.core.store import ArtifactStore, Published
 
@@ -48,7 +48,7 @@ def pretrain_flow(
         return Published(store.require(plan.artifact_id), cached=False)
 
     return cached_or_built(
-        store, plan, "Model", build, details=lambda manifest: model_report(store, manifest)
+        store, plan, "Model", build, details=lambda manifest: model_markdown(store, manifest)
     )
 
 
@@ -87,37 +87,3 @@ def launch_training(
         progress.advance(max_steps - progress.state.done)
     finally:
         progress.close()
-
-
-def model_report(store: ArtifactStore, manifest: Manifest) -> str:
-    s, arch = manifest.stats, manifest.layout["architecture"]
-    val = s.get("validation", {})
-    lines = [
-        "## Model",
-        "",
-        f"{arch['num_layers']} layers x {arch['hidden_size']} hidden, {arch['num_heads']} heads, "
-        f"{s['parameters']:,} parameters, vocabulary {arch['vocab_size']:,}; trained "
-        f"{s['steps']:,} steps at global batch {s['global_batch']} on {s['world_size']} x "
-        f"{s['device']} ({s['precision']}), {s['seconds']:,} s.",
-        "",
-        "| metric | value |",
-        "|---|---:|",
-        f"| train loss (first -> last window) | {s['first_train_loss']:.4f} -> "
-        f"{s['train_loss']:.4f} |",
-    ]
-    for key in ("mlm_loss", "mlm_acc", "perplexity", "nsp_acc", "examples"):
-        if key in val:
-            lines.append(f"| validation {key} | {val[key]:.4f} |")
-    if s.get("tokens_per_s"):
-        lines.append(f"| tokens/s (median window) | {s['tokens_per_s']:,.0f} |")
-    if s.get("mfu"):
-        lines.append(f"| MFU (median window) | {s['mfu']:.1%} |")
-    layout = manifest.layout
-    lines += [
-        "",
-        embedded_png(store, manifest.id, layout["loss_curve"], "Loss curve"),
-        "",
-        f"HuggingFace export: `{store.uri(manifest.id, layout['hf'])}/` "
-        f"(`bertflow export {manifest.id} --out DIR`).",
-    ]
-    return "\n".join(lines)

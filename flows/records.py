@@ -7,7 +7,6 @@ open-source UI shows each artifact with links to its upstream ids, and Prefect's
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import contextvars
 import functools
@@ -126,14 +125,6 @@ def ui_base() -> str:
     the root has other routes), relative to the page when no UI URL is known."""
     ui = get_current_settings().ui_url
     return f"{ui.rstrip('/') if ui else ''}/{UI_VERSION_PATH}"
-
-
-def embedded_png(store: ArtifactStore, artifact_id: str, path: str, title: str) -> str:
-    """A PNG of the artifact shown inline (the default UI renders `data:image/` sources), with
-    where the file lives for the UIs that do not."""
-    with store.open(artifact_id, path) as f:
-        data = base64.b64encode(f.read()).decode("ascii")
-    return f"![{title}](data:image/png;base64,{data})\n\n{title}: `{store.uri(artifact_id, path)}`"
 
 
 def summary_markdown(store: ArtifactStore, published: Published, title: str) -> str:

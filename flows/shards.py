@@ -19,9 +19,13 @@ from prefect_dask import DaskTaskRunner
 from bertflow.flows.records import progress_callbacks
 from bertflow.flows.result import StageResult
 from bertflow.flows.stage import cached_or_built
-from bertflow.pipeline.core.manifest import Manifest
 from bertflow.pipeline.core.store import ArtifactStore
-from bertflow.pipeline.shards.stage import ShardConfig, build_and_publish, plan_shards
+from bertflow.pipeline.shards.stage import (
+    ShardConfig,
+    build_and_publish,
+    plan_shards,
+    shards_markdown,
+)
 
 
 @task(cache_policy=NO_CACHE, retries=1)
@@ -62,7 +66,7 @@ def shard_flow(
             spill_root=spill_dir,
         )
 
-    return cached_or_built(store, plan, "Shards", build, details=shard_report)
+    return cached_or_built(store, plan, "Shards", build, details=shards_markdown)
 
 
 def run_shard_flow(dask_address: str | None = None, **parameters: Any) -> StageResult:
@@ -71,22 +75,3 @@ def run_shard_flow(dask_address: str | None = None, **parameters: Any) -> StageR
         return shard_flow(**parameters)
     on_dask = shard_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
     return on_dask(dask_address=dask_address, **parameters)
-
-
-def shard_report(manifest: Manifest) -> str:
-    lines = [
-        "## Examples",
-        "",
-        "| split | examples | tokens | random next | padding | masked |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for split in ("train", "validation"):
-        s = manifest.stats[split]
-        lines.append(
-            f"| {split} | {s['examples']:,} | {s['tokens']:,} | {s['random_next_share']:.1%}"
-            f" | {s['padding_share']:.1%} | {s['masked_share']:.1%} |"
-        )
-    histogram = manifest.stats["train"]["length_histogram"]
-    lines += ["", "## Train lengths (tokens)", "", "| length | examples |", "|---|---:|"]
-    lines += [f"| {bucket} | {n:,} |" for bucket, n in histogram.items()]
-    return "\n".join(lines)

@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from bertflow.model.tables import INTRINSIC, markdown_table
+from bertflow.model.metric_format import INTRINSIC
 from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.markdown import markdown_table
 from bertflow.pipeline.core.store import ArtifactStore
 
 MODEL_CARD_FILE = "README.md"

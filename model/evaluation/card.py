@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from bertflow.model.evaluation.report import downstream_table, selection_lines
+from bertflow.model.metric_format import INTRINSIC, fmt
 from bertflow.model.model_card import CardEvaluation
-from bertflow.model.tables import INTRINSIC, fmt, markdown_table
 from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.markdown import markdown_table
 from bertflow.pipeline.core.store import ArtifactStore
 
 

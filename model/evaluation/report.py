@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from bertflow.model.evaluation.metrics import HIGHER_IS_BETTER
-from bertflow.model.tables import INTRINSIC, fmt, markdown_table
+from bertflow.model.metric_format import INTRINSIC, fmt
 from bertflow.model.training.history import plot_pretraining_losses, read_history
 from bertflow.pipeline.core.lineage import lineage
 from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.markdown import markdown_table
 from bertflow.pipeline.core.store import ArtifactStore
 
 TRAINING_FIELDS = (

@@ -22,6 +22,8 @@ from bertflow.model.training.history import METRICS_CSV, plot_losses, write_hist
 from bertflow.model.training.launcher import PROGRESS_PREFIX
 from bertflow.model.training.module import PretrainingModule
 from bertflow.model.training.plan import PretrainPlan
+from bertflow.pipeline.core.manifest import Manifest
+from bertflow.pipeline.core.markdown import embedded_png
 from bertflow.pipeline.core.store import ArtifactStore, Published
 
 
@@ -217,3 +219,38 @@ def _stats(
     if mfu:
         stats["mfu"] = round(sorted(mfu)[len(mfu) // 2], 4)
     return stats
+
+
+def model_markdown(store: ArtifactStore, manifest: Manifest) -> str:
+    """The model's section of its Prefect record: shape, training, validation, loss curve."""
+    s, arch = manifest.stats, manifest.layout["architecture"]
+    val = s.get("validation", {})
+    lines = [
+        "## Model",
+        "",
+        f"{arch['num_layers']} layers x {arch['hidden_size']} hidden, {arch['num_heads']} heads, "
+        f"{s['parameters']:,} parameters, vocabulary {arch['vocab_size']:,}; trained "
+        f"{s['steps']:,} steps at global batch {s['global_batch']} on {s['world_size']} x "
+        f"{s['device']} ({s['precision']}), {s['seconds']:,} s.",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+        f"| train loss (first -> last window) | {s['first_train_loss']:.4f} -> "
+        f"{s['train_loss']:.4f} |",
+    ]
+    for key in ("mlm_loss", "mlm_acc", "perplexity", "nsp_acc", "examples"):
+        if key in val:
+            lines.append(f"| validation {key} | {val[key]:.4f} |")
+    if s.get("tokens_per_s"):
+        lines.append(f"| tokens/s (median window) | {s['tokens_per_s']:,.0f} |")
+    if s.get("mfu"):
+        lines.append(f"| MFU (median window) | {s['mfu']:.1%} |")
+    layout = manifest.layout
+    lines += [
+        "",
+        embedded_png(store, manifest.id, layout["loss_curve"], "Loss curve"),
+        "",
+        f"HuggingFace export: `{store.uri(manifest.id, layout['hf'])}/` "
+        f"(`bertflow export {manifest.id} --out DIR`).",
+    ]
+    return "\n".join(lines)

@@ -701,3 +701,23 @@ def shards_summary(stats: dict[str, Any], layout: dict[str, Any]) -> str:
         f" in {len(layout.get('splits', {}).get('train', []))} shards,"
         f" {layout.get('objective')}, {layout.get('masking')} masking"
     )
+
+
+def shards_markdown(manifest: Manifest) -> str:
+    """The shards' section of their Prefect record: examples by split, train lengths."""
+    lines = [
+        "## Examples",
+        "",
+        "| split | examples | tokens | random next | padding | masked |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for split in ("train", "validation"):
+        s = manifest.stats[split]
+        lines.append(
+            f"| {split} | {s['examples']:,} | {s['tokens']:,} | {s['random_next_share']:.1%}"
+            f" | {s['padding_share']:.1%} | {s['masked_share']:.1%} |"
+        )
+    histogram = manifest.stats["train"]["length_histogram"]
+    lines += ["", "## Train lengths (tokens)", "", "| length | examples |", "|---|---:|"]
+    lines += [f"| {bucket} | {n:,} |" for bucket, n in histogram.items()]
+    return "\n".join(lines)

@@ -162,6 +162,22 @@ def tokenizer_summary(config: TokenizerConfig, stats: dict[str, Any]) -> str:
     )
 
 
+def tokenizer_markdown(manifest: Manifest) -> str:
+    """The most frequent validation tokens and a few validation sentences as they are split."""
+    stats = manifest.stats
+    lines = [
+        "## Most frequent tokens on the validation split",
+        "",
+        "| token | count |",
+        "|---|---:|",
+    ]
+    lines += [f"| `{token}` | {count:,} |" for token, count in stats.get("top_tokens", [])]
+    lines += ["", "## Validation sentences as they are split", ""]
+    for example in stats.get("examples", []):
+        lines += [f"> {example['sentence']}", "", "`" + " ".join(example["tokens"]) + "`", ""]
+    return "\n".join(lines)
+
+
 def unknown_token_warnings(
     stats: dict[str, Any], corpus_id: str, config: TokenizerConfig
 ) -> list[str]:

@@ -36,7 +36,7 @@ from bertflow.model.evaluation.stage import (
 from bertflow.model.evaluation.task_data import TaskSplit
 from bertflow.model.evaluation.task_spec import TaskSpec
 from bertflow.model.evaluation.tasks import read_task
-from bertflow.model.tables import fmt
+from bertflow.model.metric_format import fmt
 from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.store import ArtifactStore, StoreError
 

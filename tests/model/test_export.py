@@ -17,8 +17,8 @@ from bertflow.model.bert import BertConfig, BertForPreTraining
 from bertflow.model.evaluation.stage import EvaluateConfig, run_evaluation
 from bertflow.model.evaluation.task_spec import TaskSpec
 from bertflow.model.export import EXPORT_FILES
+from bertflow.model.metric_format import fmt
 from bertflow.model.model_card import MODEL_CARD_FILE
-from bertflow.model.tables import fmt
 from bertflow.pipeline.core.store import ArtifactStore
 
 transformers = pytest.importorskip("transformers")

@@ -1,5 +1,5 @@
-"""Markdown tables and the formats of metrics, shared by every report about a model: the model
-card, the training report and the evaluation report."""
+"""The names and formats of metrics, shared by every report about a model: the model card and
+the evaluation's report."""
 
 from __future__ import annotations
 
@@ -21,9 +21,3 @@ def fmt(value: float | None, metric: str = "") -> str:
     if metric == "examples" or metric == "masked_tokens":
         return f"{value:,.0f}"
     return f"{value:.4f}"
-
-
-def markdown_table(head: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
-    """A markdown table's lines: the first `text_columns` aligned left, numbers right."""
-    rule = "|" + "---|" * text_columns + "---:|" * (len(head) - text_columns)
-    return ["| " + " | ".join(head) + " |", rule, *("| " + " | ".join(r) + " |" for r in rows)]
