@@ -62,13 +62,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from bertflow.model.training.partition import (
+    Segment,
+    consumer_segments,
+    round_robin,
+    shard_order,
+    stream_pieces,
+)
+from bertflow.model.training.shard_reader import COLUMNS, STATIC_COLUMNS, Rows, ShardReader
 from bertflow.pipeline.core.literals import Masking, Split
 from bertflow.pipeline.core.seeds import derive_seed
 from bertflow.pipeline.core.store import ArtifactStore
@@ -76,11 +82,8 @@ from bertflow.pipeline.shards.format import VOCAB_FILE, length_bin, masking_rule
 from bertflow.pipeline.shards.masking import IGNORE_INDEX, MaskingRule, mask_batch
 
 Batch = dict[str, torch.Tensor]
-
 VALIDATION_MLM_PROB = 0.15
 UNBOUNDED = 1 << 62  # batches a worker has in an endless iteration
-STATIC_COLUMNS = ["masked_positions", "masked_ids"]
-COLUMNS = ["input_ids", "segment_a_len", "next_sentence_label"]
 
 
 class LoaderConfig(BaseModel):
@@ -145,230 +148,6 @@ class LoaderConfig(BaseModel):
 def validation_config(batch_size: int = 64, seed: int = 0) -> LoaderConfig:
     """Validation: manifest order, the same 15% masks at every evaluation."""
     return LoaderConfig(batch_size=batch_size, shuffle=False, fixed_masking_seed=seed)
-
-
-# -- who reads what ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Rows [start, stop) of the split's shard number `shard` (its place in the manifest)."""
-
-    shard: int
-    start: int
-    stop: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-
-def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The epoch's shard order; the same on every rank and worker."""
-    if not shuffle:
-        return np.arange(num_shards)
-    return np.random.default_rng(derive_seed(seed, "shards", epoch)).permutation(num_shards)
-
-
-def consumer_segments(
-    rows: np.ndarray, order: np.ndarray, consumers: int, consumer: int
-) -> list[Segment]:
-    """What one of `consumers` reads: whole shards when they divide evenly, else a contiguous
-    range (sizes within one of each other) of the shards concatenated in `order`."""
-    if len(order) % consumers == 0:
-        per = len(order) // consumers
-        mine = order[consumer * per : (consumer + 1) * per]
-        return [Segment(int(s), 0, int(rows[s])) for s in mine if rows[s]]
-    total = int(rows.sum())
-    lo, hi = consumer * total // consumers, (consumer + 1) * total // consumers
-    begins = np.concatenate([[0], np.cumsum(rows[order])])
-    segments = []
-    for k, shard in enumerate(order):
-        start, stop = max(lo, begins[k]) - begins[k], min(hi, begins[k + 1]) - begins[k]
-        if start < stop:
-            segments.append(Segment(int(shard), int(start), int(stop)))
-    return segments
-
-
-def stream_pieces(segments: list[Segment], lo: int, hi: int) -> list[Segment]:
-    """The parts of `segments` holding positions [lo, hi) of their concatenation."""
-    pieces, begin = [], 0
-    for seg in segments:
-        a, b = max(lo - begin, 0), min(hi - begin, seg.rows)
-        if a < b:
-            pieces.append(Segment(seg.shard, seg.start + a, seg.start + b))
-        begin += seg.rows
-    return pieces
-
-
-def round_robin(totals: list[int], batches: int) -> tuple[list[int], int]:
-    """Batches each worker has yielded once a DataLoader has yielded `batches` of them in turn
-    (worker 0, 1, ..., skipping workers that ran out), and whose turn comes next."""
-    taken = [0] * len(totals)
-    turn = 0
-    while batches > 0:
-        active = [w for w, total in enumerate(totals) if taken[w] < total]
-        if not active:
-            raise ValueError(f"position is {batches} batches past the end of the iteration")
-        rounds = min(batches // len(active), min(totals[w] - taken[w] for w in active))
-        if rounds:  # whole cycles from `turn` give each active worker one batch per cycle
-            for w in active:
-                taken[w] += rounds
-            batches -= rounds * len(active)
-            continue
-        if taken[turn] < totals[turn]:
-            taken[turn] += 1
-            batches -= 1
-        turn = (turn + 1) % len(totals)
-    return taken, turn
-
-
-# -- rows in memory ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ragged:
-    """Variable-length lists end to end: list i is values[starts[i] : starts[i] + lengths[i]]."""
-
-    values: np.ndarray  # (T,)
-    starts: np.ndarray  # (n,) int64
-    lengths: np.ndarray  # (n,) int64
-
-    @classmethod
-    def from_arrow(cls, column: pa.ChunkedArray) -> Ragged:
-        lists = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        offsets = lists.offsets.to_numpy().astype(np.int64)  # absolute, even for a slice
-        values = lists.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy()
-        return cls(values, offsets[:-1] - offsets[0], np.diff(offsets))
-
-    @staticmethod
-    def concat(parts: list[Ragged]) -> Ragged:
-        if len(parts) == 1:
-            return parts[0]
-        shifts = np.cumsum([0] + [len(p.values) for p in parts[:-1]])
-        return Ragged(
-            np.concatenate([p.values for p in parts]),
-            np.concatenate([p.starts + shift for p, shift in zip(parts, shifts, strict=True)]),
-            np.concatenate([p.lengths for p in parts]),
-        )
-
-    def padded(self, pick: np.ndarray, width: int, fill: int) -> tuple[np.ndarray, np.ndarray]:
-        """Lists `pick` (B,) as int64 (B, width) padded with `fill`, and the bool mask of items."""
-        columns = np.arange(width)
-        valid = columns[None, :] < self.lengths[pick][:, None]
-        at = np.where(valid, self.starts[pick][:, None] + columns[None, :], 0)
-        return np.where(valid, self.values[at], fill).astype(np.int64), valid
-
-    def flat(self, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row in `pick`, value) for every item of lists `pick`, each (T',)."""
-        lengths = self.lengths[pick]
-        row = np.repeat(np.arange(len(pick)), lengths)
-        within = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return row, self.values[np.repeat(self.starts[pick], lengths) + within]
-
-
-@dataclass(frozen=True)
-class Rows:
-    """Examples read from shards, in stream order."""
-
-    tokens: Ragged
-    segment_a: np.ndarray  # (n,) int64
-    nsp: np.ndarray  # (n,) int64
-    index: np.ndarray  # (n,) int64, global example ids
-    masked_positions: Ragged | None = None  # static artifacts only
-    masked_ids: Ragged | None = None
-
-    @classmethod
-    def from_table(cls, table: pa.Table, first_index: int) -> Rows:
-        static = "masked_positions" in table.column_names
-
-        def ragged(name: str) -> Ragged | None:
-            return Ragged.from_arrow(table.column(name)) if static else None
-
-        return cls(
-            tokens=Ragged.from_arrow(table.column("input_ids")),
-            segment_a=table.column("segment_a_len").to_numpy().astype(np.int64),
-            nsp=table.column("next_sentence_label").to_numpy().astype(np.int64),
-            index=np.arange(first_index, first_index + table.num_rows, dtype=np.int64),
-            masked_positions=ragged("masked_positions"),
-            masked_ids=ragged("masked_ids"),
-        )
-
-    @staticmethod
-    def concat(parts: list[Rows]) -> Rows:
-        if len(parts) == 1:
-            return parts[0]
-        static = parts[0].masked_positions is not None
-        return Rows(
-            tokens=Ragged.concat([p.tokens for p in parts]),
-            segment_a=np.concatenate([p.segment_a for p in parts]),
-            nsp=np.concatenate([p.nsp for p in parts]),
-            index=np.concatenate([p.index for p in parts]),
-            masked_positions=Ragged.concat([p.masked_positions for p in parts]) if static else None,
-            masked_ids=Ragged.concat([p.masked_ids for p in parts]) if static else None,
-        )
-
-    def stored_labels(self, pick: np.ndarray, width: int) -> np.ndarray:
-        """(B, width) labels of a static artifact: the stored original ids at masked positions."""
-        assert self.masked_positions is not None and self.masked_ids is not None
-        row, positions = self.masked_positions.flat(pick)
-        _, ids = self.masked_ids.flat(pick)
-        labels = np.full((len(pick), width), IGNORE_INDEX, dtype=np.int64)
-        labels[row, positions.astype(np.int64)] = ids
-        return labels
-
-
-class ShardReader:
-    """Row ranges of a split's shards, a row group at a time. It keeps the last row group it
-    decoded, so ranges asked for in order read each row group once."""
-
-    def __init__(
-        self, store: ArtifactStore, artifact_id: str, paths: list[str], columns: list[str]
-    ):
-        self.store, self.artifact_id, self.paths, self.columns = store, artifact_id, paths, columns
-        self._shard: int | None = None
-        self._file: Any = None
-        self._parquet: pq.ParquetFile | None = None
-        self._group_starts = np.zeros(1, dtype=np.int64)
-        self._cached: tuple[int, pa.Table] | None = None
-
-    def read(self, piece: Segment) -> pa.Table:
-        self._open(piece.shard)
-        first = int(np.searchsorted(self._group_starts, piece.start, side="right")) - 1
-        tables, row = [], piece.start
-        for group in range(first, len(self._group_starts) - 1):
-            if row >= piece.stop:
-                break
-            begin, end = self._group_starts[group], self._group_starts[group + 1]
-            take = min(piece.stop, end) - row
-            tables.append(self._row_group(group).slice(row - begin, take))
-            row += take
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-    def _open(self, shard: int) -> None:
-        if shard == self._shard:
-            return
-        self.close()
-        self._file = self.store.open(self.artifact_id, self.paths[shard])
-        self._parquet = pq.ParquetFile(self._file)
-        meta = self._parquet.metadata
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self._group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._shard = shard
-
-    def _row_group(self, group: int) -> pa.Table:
-        if self._cached is None or self._cached[0] != group:
-            assert self._parquet is not None
-            self._cached = (group, self._parquet.read_row_group(group, columns=self.columns))
-        return self._cached[1]
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._shard, self._file, self._parquet, self._cached = None, None, None, None
-
-
-# -- the dataset ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -703,9 +482,6 @@ def _worker_slot() -> tuple[int, int]:
     """(workers, this worker's id) of the DataLoader running us; (1, 0) in-process."""
     info = get_worker_info()
     return (1, 0) if info is None else (info.num_workers, info.id)
-
-
-# -- the loader ----------------------------------------------------------------------------------
 
 
 class ShardLoader(DataLoader):

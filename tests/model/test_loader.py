@@ -15,11 +15,10 @@ import torch
 from bertflow.model.training.loader import (
     LoaderConfig,
     ShardDataset,
-    consumer_segments,
     make_dataloader,
-    round_robin,
     validation_config,
 )
+from bertflow.model.training.partition import consumer_segments, round_robin
 from bertflow.pipeline.core.manifest import artifact_id
 from bertflow.pipeline.core.seeds import derive_seed
 from bertflow.pipeline.core.store import ArtifactStore, StoreError
