@@ -1,5 +1,5 @@
 """`EvaluateConfig`, how a model is evaluated: the `evaluate` stage's options, the pipeline's
-`evaluate` form, and part of the evaluation id. Apart from `evaluate.py` so that building or
+`evaluate` form, and part of the evaluation id. Apart from `stage.py` so that building or
 checking one (or showing an evaluation) needs no torch."""
 
 from __future__ import annotations

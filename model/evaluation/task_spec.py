@@ -1,5 +1,5 @@
 """`TaskSpec`, where a labelled downstream task lives and how to read it (the evaluate stage's
-`--task` and `tasks` entries). Apart from `downstream.py`, which reads the files, so that building
+`--task` and `tasks` entries). Apart from `tasks.py`, which reads the files, so that building
 or checking one needs no Arrow or fsspec."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`IngestConfig`, how raw text becomes a corpus: the `ingest` stage's options, the pipeline's
-`ingest` form, and part of the corpus id. Apart from `ingest.py` so that building or checking one
+`ingest` form, and part of the corpus id. Apart from `stage.py` so that building or checking one
 (the CLI's parser, the pipeline's config) needs none of the readers."""
 
 from __future__ import annotations

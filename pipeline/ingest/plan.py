@@ -1,5 +1,5 @@
 """What an ingest run will read and the id of the corpus it will make: the sources resolved and
-fingerprinted, cheap enough to run before every cache check. Apart from `ingest.py`, which does
+fingerprinted, cheap enough to run before every cache check. Apart from `stage.py`, which does
 the reading and writing, so that a cached ingest loads none of the readers or Arrow."""
 
 from __future__ import annotations

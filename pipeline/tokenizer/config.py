@@ -1,6 +1,6 @@
 """`TokenizerConfig`, how a WordPiece vocabulary is made: the `tokenizer` stage's options, the
-pipeline's `tokenizer` form, and part of the tokenizer id; and BERT's special tokens. Apart from
-`tokenizer.py` so that building or checking one needs no `tokenizers`."""
+pipeline's `tokenizer` form, and part of the tokenizer id. Apart from
+`stage.py` so that building or checking one needs no `tokenizers`."""
 
 from __future__ import annotations
 
