@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Prefect server at PREFECT_API_URL: run them from the UI, on a schedule, or on events.",
     )
     _add_pipeline_config(serve)
-    add_config_options(serve, ServeOptions, skip=("config",))
+    add_config_options(serve, ServeOptions)
     serve.set_defaults(handler=_serve)
 
     export = commands.add_parser(
@@ -591,7 +591,7 @@ def _last_model(result: Any) -> str:
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
-    return config_from_args(ServeOptions, args, config=_pipeline_config(args))
+    return config_from_args(ServeOptions, args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -608,7 +608,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bertflow.flows.records import ui_base
     from bertflow.flows.serving import serve
 
-    served = deployments(options)
+    served = deployments(_pipeline_config(args), options)
     api = os.environ["PREFECT_API_URL"]
     state = "active" if options.schedule_active else "inactive: turn it on in the UI"
     print(

@@ -20,6 +20,7 @@ from prefect.schedules import Cron
 from bertflow.flows.evaluate import evaluate_flow
 from bertflow.flows.ingest import CORPUS_EVENT, ingest_flow
 from bertflow.flows.pipeline import pretraining_pipeline
+from bertflow.flows.pipeline_config import PipelineConfig
 from bertflow.flows.pretrain import pretrain_flow
 from bertflow.flows.serve_options import ServeOptions
 from bertflow.flows.shards import shard_flow
@@ -30,11 +31,14 @@ TAGS = ["bertflow"]
 AUTOMATION = "bertflow: pretrain on each new corpus"
 
 
-def deployments(options: ServeOptions) -> list[RunnerDeployment]:
+def deployments(
+    config: PipelineConfig, options: ServeOptions | None = None
+) -> list[RunnerDeployment]:
     """The pipeline deployment first, then one per stage flow, each named for what it runs
     (`bertflow-pipeline`, `bertflow-ingest`, ...), as the UI's breadcrumbs and the
     automation's action show them."""
-    parameters = {"config": options.config.model_dump(mode="json")}
+    options = options or ServeOptions()
+    parameters = {"config": config.model_dump(mode="json")}
     limit = ConcurrencyLimitConfig(
         limit=options.concurrency, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
     )
@@ -52,7 +56,7 @@ def deployments(options: ServeOptions) -> list[RunnerDeployment]:
                 parameters=parameters,
             )
         ],
-        triggers=[new_corpus_trigger(options)],
+        triggers=[new_corpus_trigger(config, options)],
     )
     stages = [
         ingest_flow.to_deployment(
@@ -75,16 +79,16 @@ def stage_deployment(stage: str) -> str:
     return f"bertflow-{stage}"
 
 
-def new_corpus_trigger(options: ServeOptions) -> DeploymentEventTrigger:
+def new_corpus_trigger(config: PipelineConfig, options: ServeOptions) -> DeploymentEventTrigger:
     """Run the pipeline on a corpus when one is ingested on its own (not by a pipeline run,
     which trains on its corpus anyway), with the served config and that corpus."""
-    config: dict[str, Any] = options.config.model_dump(mode="json")
-    config["corpus_id"] = "{{ event.payload.corpus_id }}"
+    parameters: dict[str, Any] = config.model_dump(mode="json")
+    parameters["corpus_id"] = "{{ event.payload.corpus_id }}"
     return DeploymentEventTrigger(
         name=AUTOMATION,
         enabled=options.automation,
         description="Starts the pretraining pipeline for each corpus `bertflow ingest` publishes.",
         expect={CORPUS_EVENT},
         match={"bertflow.origin": "ingest"},
-        parameters={"config": config},
+        parameters={"config": parameters},
     )

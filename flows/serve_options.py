@@ -1,22 +1,16 @@
-"""`ServeOptions`, what `bertflow serve` serves: the pipeline deployment's default config, its
-retraining schedule, the new-corpus automation and how many runs go at once. Apart from
-`deployments.py`, which loads Prefect, so that `bertflow serve --help` makes its options from
-this config and loads nothing heavy."""
+"""`ServeOptions`, how `bertflow serve` serves the pipeline: its retraining schedule, the
+new-corpus automation and how many runs go at once (the deployment's default parameters are a
+`PipelineConfig`, given beside it). Apart from `deployments.py`, which loads Prefect, so that
+every `bertflow` command builds its parser from this config and loads nothing heavy."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bertflow.flows.pipeline_config import PipelineConfig
-
 
 class ServeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    config: PipelineConfig = Field(
-        default_factory=PipelineConfig,
-        description="The pipeline deployment's default parameters (the form's initial values).",
-    )
     cron: str = Field(
         "0 3 * * 0", min_length=1, description="The pipeline's retraining schedule (Sundays 03:00)."
     )

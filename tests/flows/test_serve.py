@@ -164,9 +164,9 @@ def test_turning_the_schedule_on_makes_runs_that_the_served_process_completes(
 
 def test_the_automation_and_schedule_are_off_unless_asked_for():
     from bertflow.flows.deployments import deployments
-    from bertflow.flows.serve_options import ServeOptions
+    from bertflow.flows.pipeline_config import PipelineConfig
 
-    pipeline = deployments(ServeOptions())[0]
+    pipeline = deployments(PipelineConfig())[0]
     assert [s.active for s in pipeline.schedules] == [False]
     assert [t.enabled for t in pipeline.triggers] == [False]
     options = serve_options(build_parser().parse_args(["serve"]))

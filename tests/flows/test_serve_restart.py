@@ -29,7 +29,6 @@ from bertflow.flows import serving
 from bertflow.flows.deployments import deployments
 from bertflow.flows.ingest import ingest_flow
 from bertflow.flows.pipeline_config import PipelineConfig, to_yaml
-from bertflow.flows.serve_options import ServeOptions
 from bertflow.flows.serving import SERVER_LOST, ServerWatch, connection_lost
 from bertflow.pipeline.core.store import STORE_ENV, ArtifactStore
 
@@ -104,7 +103,7 @@ class Serving:
 
 def deployment_names(config: PipelineConfig) -> dict[str, str]:
     """The names `bertflow serve` gives its deployments: `pipeline`, and one per stage flow."""
-    pipeline, *stages = deployments(ServeOptions(config=config))
+    pipeline, *stages = deployments(config)
     names = {"pipeline": f"{pipeline.flow_name}/{pipeline.name}"}
     return names | {d.flow_name: f"{d.flow_name}/{d.name}" for d in stages}
 
