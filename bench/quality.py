@@ -149,19 +149,6 @@ def recipe(base: TrainConfig, steps: int, seed: int) -> TrainConfig:
     )
 
 
-def optim_config(config: TrainConfig) -> OptimConfig:
-    """The optimizer and schedule `train` builds from `config`."""
-    return OptimConfig(
-        lr=config.lr,
-        warmup_steps=config.resolved_warmup(),
-        max_steps=config.max_steps,
-        schedule=config.schedule,
-        weight_decay=config.weight_decay,
-        betas=(0.9, config.adam_beta2),
-        eps=config.adam_eps,
-    )
-
-
 def training_device(config: TrainConfig) -> torch.device:
     gpu = config.accelerator != "cpu" and torch.cuda.is_available()
     return torch.device("cuda" if gpu else "cpu")
@@ -333,7 +320,7 @@ def train_hf(store: ArtifactStore, shards_id: str, config: TrainConfig) -> Run:
     torch.manual_seed(config.seed)  # then the model built: the weights `train` starts from
     model = hf_twin(BertForPreTraining(config.architecture(int(layout["vocab_size"]))))
     model.to(device).train()
-    optim = optim_config(config)
+    optim = OptimConfig.of(config)  # what `train` builds from it
     optimizer = adamw(model, optim, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim))
     batches = endless(hf_loader(store, shards_id, config, device))

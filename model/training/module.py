@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from bertflow.model.bert import BertConfig, BertForPreTraining, training_flops
+from bertflow.model.training.config import TrainConfig
 from bertflow.model.training.loader import (
     LoaderConfig,
     Position,
@@ -83,6 +84,19 @@ class OptimConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> OptimConfig:
+        """The optimizer and schedule a training config asks for."""
+        return cls(
+            lr=config.lr,
+            warmup_steps=config.resolved_warmup(),
+            max_steps=config.max_steps,
+            schedule=config.schedule,
+            weight_decay=config.weight_decay,
+            betas=(0.9, config.adam_beta2),
+            eps=config.adam_eps,
+        )
 
 
 def lr_factor(step: int, optim: OptimConfig) -> float:

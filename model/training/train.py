@@ -79,18 +79,9 @@ def train(
         check_upstream(store, plan)
     quiet_lightning_logs()
     L.seed_everything(c.seed, workers=True, verbose=False)
-    optim = OptimConfig(
-        lr=c.lr,
-        warmup_steps=c.resolved_warmup(),
-        max_steps=c.max_steps,
-        schedule=c.schedule,
-        weight_decay=c.weight_decay,
-        betas=(0.9, c.adam_beta2),
-        eps=c.adam_eps,
-    )
     module = PretrainingModule(
         asdict(plan.architecture),
-        asdict(optim),
+        asdict(OptimConfig.of(c)),
         nsp=plan.shards.layout["objective"] != "none",
         compile=c.compile,
         log_every=c.log_every,
