@@ -33,7 +33,9 @@ class ProgressState:
 
     @property
     def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total else 0.0
+        """The done share; a stage with nothing to count (an evaluation with no work, a corpus of
+        empty files) is all done."""
+        return min(1.0, self.done / self.total) if self.total else 1.0
 
     def describe(self) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
