@@ -32,7 +32,7 @@ from prefect.tasks import MaterializingTask
 from prefect.types.names import validate_valid_asset_key
 
 from bertflow.pipeline.core.lineage import summarize
-from bertflow.pipeline.core.progress import ProgressState
+from bertflow.pipeline.core.progress import ProgressCallback, ProgressState
 from bertflow.pipeline.core.store import ArtifactStore, Published
 
 MAX_INPUT_ASSETS = 50
@@ -194,7 +194,7 @@ class PrefectProgress:
             self.logger.info(state.describe())
 
 
-def progress_callbacks(description: str) -> list[Callable[[ProgressState], None]]:
+def progress_callbacks(description: str) -> list[ProgressCallback]:
     return [PrefectProgress(description)]
 
 

@@ -330,17 +330,18 @@ def fingerprint_file(
     """What an input file is, for the id of an artifact made from it: the sha256 of a local
     file (its size and mtime when over `hash_limit` bytes), else the object's ETag (or the
     filesystem's checksum)."""
-    info = fs.info(path)
-    size = int(info.get("size") or 0) if size is None else size
     if is_local_fs(fs):
+        stat = os.stat(path)
+        size = stat.st_size if size is None else size
         if hash_limit is not None and size > hash_limit:
-            stat = os.stat(path)
             value = f"stat:{stat.st_size}:{stat.st_mtime_ns}"
         else:
             value = "sha256:" + sha256_file(Path(path))
-    else:
-        etag = info.get("ETag") or info.get("etag")
-        value = f"etag:{str(etag).strip(chr(34))}" if etag else f"checksum:{fs.checksum(path)}"
+        return InputFingerprint(uri=uri, size=size, fingerprint=value)
+    info = fs.info(path)
+    etag = info.get("ETag") or info.get("etag")
+    value = f"etag:{str(etag).strip(chr(34))}" if etag else f"checksum:{fs.checksum(path)}"
+    size = int(info.get("size") or 0) if size is None else size
     return InputFingerprint(uri=uri, size=size, fingerprint=value)
 
 
