@@ -8,7 +8,6 @@ positions, whatever the batch size, and the numbers are comparable across models
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 
 from bertflow.model.bert import BertForPreTraining
 from bertflow.model.training.loader import ShardDataset, validation_config
+from bertflow.model.training.module import heldout_metrics
 from bertflow.model.training.plan import VALIDATION_SEED
 from bertflow.pipeline.core.store import ArtifactStore
 
@@ -72,14 +72,5 @@ def intrinsic_metrics(
         on_batch()
     if not count:
         return {"examples": examples}
-    mlm_loss = loss_sum / count
-    metrics = {
-        "mlm_loss": mlm_loss,
-        "mlm_acc": correct / count,
-        "perplexity": math.exp(min(mlm_loss, 50.0)),
-        "examples": examples,
-        "masked_tokens": count,
-    }
-    if nsp:
-        metrics["nsp_acc"] = nsp_correct / examples
-    return metrics
+    metrics = heldout_metrics(loss_sum, correct, count, examples, nsp_correct if nsp else None)
+    return {**metrics, "masked_tokens": count}

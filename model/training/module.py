@@ -99,6 +99,24 @@ class OptimConfig:
         )
 
 
+def heldout_metrics(
+    loss_sum: float, correct: float, count: float, examples: float, nsp_correct: float | None
+) -> dict[str, float]:
+    """MLM loss, accuracy and perplexity over `count` masked tokens (and NSP accuracy over
+    `examples` when `nsp_correct` is counted), from their sums: validation during training and
+    the evaluation's intrinsic metrics alike."""
+    mlm_loss = loss_sum / count
+    metrics = {
+        "mlm_loss": mlm_loss,
+        "mlm_acc": correct / count,
+        "perplexity": math.exp(min(mlm_loss, 50.0)),  # capped: an untrained model overflows
+        "examples": examples,
+    }
+    if nsp_correct is not None:
+        metrics["nsp_acc"] = nsp_correct / examples
+    return metrics
+
+
 def lr_factor(step: int, optim: OptimConfig) -> float:
     """Multiplier of the peak learning rate at `step`.
 
@@ -241,15 +259,9 @@ class PretrainingModule(L.LightningModule):
         loss_sum, correct, count, nsp_correct, examples = sums.tolist()
         if not count:
             return
-        mlm_loss = loss_sum / count
-        metrics = {
-            "val/mlm_loss": mlm_loss,
-            "val/mlm_acc": correct / count,
-            "val/perplexity": math.exp(min(mlm_loss, 50.0)),
-            "val/examples": examples,
-        }
-        if self.nsp:
-            metrics["val/nsp_acc"] = nsp_correct / examples
+        nsp = nsp_correct if self.nsp else None
+        scores = heldout_metrics(loss_sum, correct, count, examples, nsp)
+        metrics = {f"val/{name}": value for name, value in scores.items()}
         for name, value in metrics.items():
             self.log(name, value, rank_zero_only=True)
         if not self.trainer.sanity_checking:
