@@ -38,7 +38,7 @@ def deployments(
     (`bertflow-pipeline`, `bertflow-ingest`, ...), as the UI's breadcrumbs and the
     automation's action show them."""
     options = options or ServeOptions()
-    parameters = {"config": config.model_dump(mode="json")}
+    parameters = {"config": config.editable()}
     limit = ConcurrencyLimitConfig(
         limit=options.concurrency, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
     )
@@ -82,7 +82,7 @@ def stage_deployment(stage: str) -> str:
 def new_corpus_trigger(config: PipelineConfig, options: ServeOptions) -> DeploymentEventTrigger:
     """Run the pipeline on a corpus when one is ingested on its own (not by a pipeline run,
     which trains on its corpus anyway), with the served config and that corpus."""
-    parameters: dict[str, Any] = config.model_dump(mode="json")
+    parameters: dict[str, Any] = config.editable()
     parameters["corpus_id"] = "{{ event.payload.corpus_id }}"
     return DeploymentEventTrigger(
         name=AUTOMATION,

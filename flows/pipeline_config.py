@@ -99,6 +99,17 @@ class PipelineConfig(BaseModel):
         default_factory=lambda: demo_evaluation(), description="Model -> evaluation."
     )
 
+    def editable(self) -> dict[str, Any]:
+        """The config as a YAML file, `--print-config` and the Prefect form show it: derived
+        defaults left empty (`ShardConfig.editable`), so editing a phase's length re-derives
+        them."""
+        fields = self.model_dump(mode="json")
+        fields["phases"] = [
+            {**dumped, "shard": phase.shard.editable()}
+            for dumped, phase in zip(fields["phases"], self.phases, strict=True)
+        ]
+        return fields
+
     @model_validator(mode="after")
     def _phases_chain(self) -> PipelineConfig:
         for i, phase in enumerate(self.phases[1:], start=1):
@@ -205,7 +216,7 @@ def load_config(path: Path, base: PipelineConfig | None = None) -> PipelineConfi
         data = {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of sections (ingest, tokenizer, ...)")
-    merged = _merge((base or demo()).model_dump(mode="json"), data)
+    merged = _merge((base or demo()).editable(), data)
     try:
         return PipelineConfig.model_validate(merged)
     except ValidationError as e:
@@ -222,7 +233,7 @@ def describe_fields(error: ValidationError) -> str:
 
 
 def to_yaml(config: PipelineConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config.editable(), sort_keys=False)
 
 
 def _merge(base: Any, override: Any, key: str | None = None) -> Any:

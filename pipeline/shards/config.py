@@ -5,11 +5,19 @@ building or checking one needs no `tokenizers` or Arrow."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, model_validator
 
 from bertflow.pipeline.core.literals import Masking, Objective, Split
+
+# The fields whose default follows from others, and how.
+DERIVED_DEFAULTS: dict[str, Callable[[ShardConfig], int]] = {
+    "dupe_factor": lambda c: 1 if c.masking == "dynamic" else 5,
+    "max_predictions": lambda c: max(1, round(c.max_seq_len * c.mlm_prob)),
+    "num_validation_shards": lambda c: c.num_shards,
+}
 
 
 class ShardConfig(BaseModel):
@@ -76,13 +84,22 @@ class ShardConfig(BaseModel):
         """The defaults that follow from other fields, filled in by validating again with them:
         the config is frozen and never changed once built."""
         config = handler(data)
-        derived = {
-            "dupe_factor": 1 if config.masking == "dynamic" else 5,
-            "max_predictions": max(1, round(config.max_seq_len * config.mlm_prob)),
-            "num_validation_shards": config.num_shards,
+        missing = {
+            name: derive(config)
+            for name, derive in DERIVED_DEFAULTS.items()
+            if getattr(config, name) is None
         }
-        missing = {name: value for name, value in derived.items() if getattr(config, name) is None}
         return handler({**config.model_dump(), **missing}) if missing else config
+
+    def editable(self) -> dict[str, Any]:
+        """The fields as a YAML file or the Prefect form shows them: a derived default that still
+        equals its derivation is left empty, so that changing what it follows from (say
+        `max_seq_len`) derives it anew instead of keeping the old length's value."""
+        fields = self.model_dump(mode="json")
+        for name, derive in DERIVED_DEFAULTS.items():
+            if fields[name] == derive(self):
+                fields[name] = None
+        return fields
 
     def identity(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"workers"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from bertflow.flows.cli import main
@@ -135,3 +136,20 @@ def test_the_flow_parameter_schema_is_a_form_with_sections_descriptions_and_choi
 def test_config_errors_in_python_name_the_field():
     with pytest.raises(ValidationError, match="phases"):
         PipelineConfig(phases=[])
+
+
+def test_yaml_that_changes_a_phase_length_gets_that_length_s_derived_defaults(tmp_path: Path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "phases:\n"
+        "  - shard: {max_seq_len: 128}\n"
+        "  - shard: {max_seq_len: 64, max_predictions: 7, masking: static}\n"
+    )
+    first, second = load_config(path).phases
+    assert demo().phases[0].shard.max_predictions == 5  # derived from the demo's 32 tokens
+    assert first.shard.max_predictions == 19  # round(128 x 15%), not the demo's 5
+    assert second.shard.max_predictions == 7  # given, so kept
+    assert second.shard.dupe_factor == 5  # static masking's default, derived anew
+    assert first.shard.num_validation_shards == first.shard.num_shards
+    shown = yaml.safe_load(to_yaml(demo()))["phases"][0]["shard"]  # --print-config, the form
+    assert shown["max_predictions"] is None and shown["max_seq_len"] == 32

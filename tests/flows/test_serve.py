@@ -49,7 +49,7 @@ def test_serve_registers_the_deployments_schedule_limit_and_automation(served, p
     assert schedule.parameters["config"]["ingest"]["sources"] == ["demo-small"]  # re-ingests
     assert pipeline.global_concurrency_limit.limit == 1
     assert deployment("pretrain/bertflow-pretrain").global_concurrency_limit.limit == 1
-    assert pipeline.parameters["config"] == served["config"].model_dump(mode="json")
+    assert pipeline.parameters["config"] == served["config"].editable()
     said = served["log"].read_text()
     assert f"{PIPELINE}: cron '{EVERY_MINUTE}' (Europe/Paris), inactive" in said
     assert f"automation '{AUTOMATION}' on" in said
