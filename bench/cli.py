@@ -98,7 +98,7 @@ def _build_store_here(root: Path) -> dict[str, str]:
         devices="1",
     )
     with contextlib.redirect_stdout(sys.stderr):  # stdout ends with the JSON line alone
-        corpus = ingest(IngestConfig(sources=["demo-small"], validation_fraction=0.1), store)
+        corpus = ingest(store, IngestConfig(sources=["demo-small"], validation_fraction=0.1))
         vocabulary = TokenizerConfig(vocab_size=2000, limit_alphabet=200)
         tokenizer = make_tokenizer(store, corpus.manifest.id, vocabulary)
         sharding = ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2)

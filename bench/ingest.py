@@ -97,10 +97,10 @@ def ingest_here(folder: str, store: str, workers: int) -> dict:
 
     config = IngestConfig(sources=[folder], workers=workers)
     started = time.perf_counter()
-    published = ingest(config, ArtifactStore(store))
+    published = ingest(ArtifactStore(store), config)
     seconds = time.perf_counter() - started
     started = time.perf_counter()
-    assert ingest(config, ArtifactStore(store)).cached
+    assert ingest(ArtifactStore(store), config).cached
     cached_seconds = time.perf_counter() - started
     return {
         "seconds": seconds,

@@ -58,7 +58,7 @@ def run(store: ArtifactStore, steps: int, repeats: int, run_dir: Path) -> list[t
     phase = pipeline.phases[0]
     rows = []
 
-    seconds, published = timed(lambda: ingest(pipeline.ingest, store))
+    seconds, published = timed(lambda: ingest(store, pipeline.ingest))
     corpus = published.manifest.id
     seconds, published = timed(lambda: make_tokenizer(store, corpus, pipeline.tokenizer))
     tokenizer = published.manifest.id

@@ -126,7 +126,7 @@ def synchronize(device: torch.device) -> None:
 def build_shards(store: ArtifactStore, pipeline: PipelineConfig, seq_len: int | None) -> str:
     """The pipeline's corpus, tokenizer and first phase's shards (at `seq_len` when given), made
     by the stages or found in the store; returns the shards id."""
-    corpus = ingest(pipeline.ingest, store).manifest.id
+    corpus = ingest(store, pipeline.ingest).manifest.id
     tokenizer = make_tokenizer(store, corpus, pipeline.tokenizer).manifest.id
     shard = pipeline.phases[0].shard
     if seq_len is not None and seq_len != shard.max_seq_len:

@@ -40,7 +40,7 @@ def ingested_corpus(folder: str, size_mb: float, store_dir: str) -> dict[str, An
 
     n_files, n_bytes = build_corpus(Path(folder), size_mb)
     store = ArtifactStore(store_dir)
-    published = ingest(IngestConfig(sources=[folder], workers=2), store)
+    published = ingest(store, IngestConfig(sources=[folder], workers=2))
     corpus = published.manifest
     root = store.local_path(corpus.id)
     return {

@@ -111,7 +111,7 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> TinyShards:
     from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
     store = ArtifactStore(str(tmp_path_factory.mktemp("tiny") / "store"))
-    corpus = ingest(IngestConfig(sources=["demo-small"], validation_fraction=0.1, workers=1), store)
+    corpus = ingest(store, IngestConfig(sources=["demo-small"], validation_fraction=0.1, workers=1))
     tokenizer = make_tokenizer(
         store, corpus.manifest.id, TokenizerConfig(vocab_size=2000, limit_alphabet=200)
     )

@@ -54,8 +54,8 @@ MAX_VALIDATION_SHARE = 4  # a top-up leaves at most 1 in 4 documents in validati
 
 
 def ingest(
-    config: IngestConfig,
     store: ArtifactStore,
+    config: IngestConfig,
     callbacks: Sequence[ProgressCallback] = (),
     flow_run_id: str | None = None,
     storage_options: dict[str, Any] | None = None,

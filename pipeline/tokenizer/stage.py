@@ -87,8 +87,8 @@ def make_tokenizer(
     store: ArtifactStore,
     corpus_id: str,
     config: TokenizerConfig,
-    flow_run_id: str | None = None,
     callbacks: Sequence[ProgressCallback] = (),
+    flow_run_id: str | None = None,
 ) -> Published:
     """Plan, skip when the tokenizer exists, else build and publish it."""
     plan = plan_tokenizer(store, corpus_id, config)

@@ -22,7 +22,7 @@ CONFIG = ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, work
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> tuple[ArtifactStore, str, str]:
     store = ArtifactStore(str(tmp_path_factory.mktemp("store")))
-    corpus = ingest(IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1), store)
+    corpus = ingest(store, IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1))
     tokenizer_config = TokenizerConfig(vocab_size=1500, limit_alphabet=200)
     tokenizer = make_tokenizer(store, corpus.manifest.id, tokenizer_config)
     return store, corpus.manifest.id, tokenizer.manifest.id

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def corpus(tmp_path) -> tuple[ArtifactStore, str]:
     store = ArtifactStore(str(tmp_path / "store"))
     config = IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1)
-    return store, ingest(config, store).manifest.id
+    return store, ingest(store, config).manifest.id
 
 
 def read_markdown(key: str) -> str:

@@ -38,7 +38,7 @@ INGEST = textwrap.dedent(
     import sys
     from bertflow.pipeline.ingest.stage import IngestConfig, ingest
     from bertflow.pipeline.core.store import ArtifactStore
-    ingest(IngestConfig(sources=["demo"], workers=2), ArtifactStore(sys.argv[1]))
+    ingest(ArtifactStore(sys.argv[1]), IngestConfig(sources=["demo"], workers=2))
     """
 )
 
@@ -111,7 +111,7 @@ def test_ingest_killed_takes_its_workers_along_and_its_rerun_clears_the_leftover
     staging = list((store_dir / ".staging").glob("corpus-*"))
     spills = list(temp.glob("bertflow-ingest-spill-*"))
     assert staging and spills, "the killed run left nothing to clear"
-    published = ingest(IngestConfig(sources=["demo"], workers=2), ArtifactStore(str(store_dir)))
+    published = ingest(ArtifactStore(str(store_dir)), IngestConfig(sources=["demo"], workers=2))
     assert not published.cached
     assert [p for p in (store_dir / ".staging").iterdir()] == []
     assert list(temp.iterdir()) == []

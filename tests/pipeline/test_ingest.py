@@ -33,7 +33,7 @@ def corpus_bytes(store: ArtifactStore, corpus_id: str) -> dict[str, bytes]:
 
 def test_demo_small_corpus_has_schema_sorted_ids_and_both_splits(store):
     config = IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1)
-    published = ingest(config, store)
+    published = ingest(store, config)
     m = published.manifest
     assert not published.cached and m.kind == "corpus"
     assert m.stats["documents"]["train"] > 0 and m.stats["documents"]["validation"] > 0
@@ -61,7 +61,7 @@ def test_output_is_byte_identical_for_one_and_two_workers(tmp_path):
             workers=workers,
             target_file_mb=0.002,  # several output files per split
         )
-        stores.append((store, ingest(config, store).manifest))
+        stores.append((store, ingest(store, config).manifest))
     (s1, m1), (s2, m2) = stores
     assert m1.id == m2.id
     assert len(m1.layout["splits"]["train"]) > 1
@@ -76,7 +76,7 @@ def test_exact_duplicates_after_normalisation_are_removed_keeping_first_source(t
     (folder / "b.txt").write_text(PROSE.replace(" ", "  ").replace(". ", ".\u00a0 ") + "\n\n")
     (folder / "c.txt").write_text("A different document entirely. It has two sentences.")
     m = ingest(
-        IngestConfig(sources=[str(folder)], validation_fraction=0, workers=1), store
+        store, IngestConfig(sources=[str(folder)], validation_fraction=0, workers=1)
     ).manifest
     assert m.stats["duplicates_removed"] == 1
     sources = [
@@ -97,10 +97,10 @@ def test_split_is_by_document_hash_and_stable_when_other_documents_change(tmp_pa
         min_validation_documents=0,
         workers=1,
     )
-    first = ingest(config, store)
+    first = ingest(store, config)
     validation = {d for d, _ in iter_documents(store, first.manifest, "validation")}
     write_docs(tmp_path / "in", 5, prefix="extra")  # new documents must not move old ones
-    second = ingest(config, store)
+    second = ingest(store, config)
     assert second.manifest.id != first.manifest.id
     validation2 = {d for d, _ in iter_documents(store, second.manifest, "validation")}
     assert validation <= validation2
@@ -122,7 +122,7 @@ def test_validation_is_topped_up_to_its_minimum_with_the_next_hashes(tmp_path):
             workers=workers,
             target_file_mb=0.002,
         )
-        m = ingest(config, store).manifest
+        m = ingest(store, config).manifest
         outputs.append(corpus_bytes(store, m.id))
         ids = {
             split: [d for d, _ in iter_documents(store, m, split)]
@@ -138,18 +138,18 @@ def test_validation_is_topped_up_to_its_minimum_with_the_next_hashes(tmp_path):
 def test_validation_minimum_takes_at_most_a_quarter_and_says_so(tmp_path, store):
     write_docs(tmp_path / "in", 20)
     m = ingest(
+        store,
         IngestConfig(
             sources=[str(tmp_path / "in")],
             validation_fraction=0.01,
             min_validation_documents=10,
             workers=1,
         ),
-        store,
     ).manifest
     assert m.stats["documents"] == {"train": 15, "validation": 5}
     assert "holds 5 documents, fewer than min_validation_documents 10" in m.stats["warnings"][0]
     none = ingest(
-        IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0, workers=1), store
+        store, IngestConfig(sources=[str(tmp_path / "in")], validation_fraction=0, workers=1)
     ).manifest
     assert none.stats["documents"]["validation"] == 0 and none.stats["warnings"] == []
 
@@ -157,10 +157,10 @@ def test_validation_minimum_takes_at_most_a_quarter_and_says_so(tmp_path, store)
 def test_rerun_is_cached_and_config_change_makes_a_new_id(tmp_path, store):
     write_docs(tmp_path / "in", 5)
     config = IngestConfig(sources=[str(tmp_path / "in")], workers=1)
-    first = ingest(config, store)
-    again = ingest(config.model_copy(update={"workers": 2}), store)  # workers do not shape output
+    first = ingest(store, config)
+    again = ingest(store, config.model_copy(update={"workers": 2}))  # workers do not shape output
     assert again.cached and again.manifest == first.manifest
-    other = ingest(config.model_copy(update={"min_doc_chars": 5}), store)
+    other = ingest(store, config.model_copy(update={"min_doc_chars": 5}))
     assert not other.cached and other.manifest.id != first.manifest.id
 
 
@@ -177,10 +177,10 @@ def test_chinese_documents_are_split_at_cjk_terminators(tmp_path, store):
         "我们今天去公园。天气很好！你想一起去吗？“好的。”他说。\n", encoding="utf-8"
     )
     m = ingest(
+        store,
         IngestConfig(
             sources=[str(tmp_path / "zh.txt")], validation_fraction=0, min_doc_chars=1, workers=1
         ),
-        store,
     ).manifest
     ((_, sentences),) = iter_documents(store, m, "train")
     assert sentences[:3] == ["我们今天去公园。", "天气很好！", "你想一起去吗？"]
@@ -191,7 +191,7 @@ def test_malformed_records_under_the_limit_are_skipped_and_located(tmp_path, sto
     lines[7] = "{not json"
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    m = ingest(IngestConfig(sources=[str(path)], workers=1), store).manifest
+    m = ingest(store, IngestConfig(sources=[str(path)], workers=1)).manifest
     assert m.stats["malformed_records"] == 1
     assert any("data.jsonl:8" in e for e in m.stats["malformed_examples"])
     assert m.stats["documents"]["train"] + m.stats["documents"]["validation"] == 199
@@ -200,7 +200,7 @@ def test_malformed_records_under_the_limit_are_skipped_and_located(tmp_path, sto
 def test_lone_surrogates_in_json_are_replaced_not_fatal(tmp_path, store):
     path = tmp_path / "escaped.jsonl"
     path.write_text('{"text": "Bad \\ud800 escape here. Then more."}\n')
-    m = ingest(IngestConfig(sources=[str(path)], validation_fraction=0, workers=1), store).manifest
+    m = ingest(store, IngestConfig(sources=[str(path)], validation_fraction=0, workers=1)).manifest
     ((_, sentences),) = iter_documents(store, m, "train")
     assert sentences[0] == "Bad \ufffd escape here."
 
@@ -215,7 +215,7 @@ def test_too_many_malformed_records_fail_naming_the_file_and_line(tmp_path, stor
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "A good record. Fine."}\n{"txt": "wrong field"}\n[1, 2]\n')
     with pytest.raises(InputError, match=r"bad\.jsonl:2"):
-        ingest(IngestConfig(sources=[str(path)], workers=1), store)
+        ingest(store, IngestConfig(sources=[str(path)], workers=1))
     assert_nothing_published(store)
 
 
@@ -224,10 +224,10 @@ def test_corrupt_gzip_fails_by_default_and_is_reported_when_skipped(tmp_path, st
     data = gzip.compress(("Some text that is long enough. " * 500).encode())
     (tmp_path / "in" / "broken.txt.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="broken.txt.gz"):
-        ingest(IngestConfig(sources=[str(tmp_path / "in")], workers=2), store)
+        ingest(store, IngestConfig(sources=[str(tmp_path / "in")], workers=2))
     assert_nothing_published(store)
     m = ingest(
-        IngestConfig(sources=[str(tmp_path / "in")], workers=2, on_bad_file="skip"), store
+        store, IngestConfig(sources=[str(tmp_path / "in")], workers=2, on_bad_file="skip")
     ).manifest
     assert [s["file"].endswith("broken.txt.gz") for s in m.stats["files_skipped"]] == [True]
 
@@ -236,10 +236,10 @@ def test_an_executable_named_txt_fails_by_default_and_is_reported_when_skipped(t
     write_docs(tmp_path / "in", 3)
     (tmp_path / "in" / "notes.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(340))
     with pytest.raises(InputError, match=r"notes\.txt: not text: a NUL byte"):
-        ingest(IngestConfig(sources=[str(tmp_path / "in")], workers=1), store)
+        ingest(store, IngestConfig(sources=[str(tmp_path / "in")], workers=1))
     assert_nothing_published(store)
     m = ingest(
-        IngestConfig(sources=[str(tmp_path / "in")], workers=1, on_bad_file="skip"), store
+        store, IngestConfig(sources=[str(tmp_path / "in")], workers=1, on_bad_file="skip")
     ).manifest
     (skipped,) = m.stats["files_skipped"]
     assert skipped["file"].endswith("notes.txt") and "not text" in skipped["reason"]
@@ -251,8 +251,8 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, store):
         "Caf\xe9 society met today. It was lively.".encode("latin-1")
     )
     m = ingest(
-        IngestConfig(sources=[str(tmp_path / "latin1.txt")], validation_fraction=0, workers=1),
         store,
+        IngestConfig(sources=[str(tmp_path / "latin1.txt")], validation_fraction=0, workers=1),
     ).manifest
     assert m.stats["invalid_utf8_replaced"] == 1
     ((_, sentences),) = iter_documents(store, m, "train")
@@ -263,20 +263,20 @@ def test_nothing_left_after_filtering_fails_and_publishes_nothing(tmp_path, stor
     write_docs(tmp_path / "in", 3)
     with pytest.raises(InputError, match="no documents left"):
         ingest(
-            IngestConfig(sources=[str(tmp_path / "in")], min_doc_chars=100_000, workers=1), store
+            store, IngestConfig(sources=[str(tmp_path / "in")], min_doc_chars=100_000, workers=1)
         )
     assert_nothing_published(store)
 
 
 def test_missing_sources_and_unknown_formats_are_named(tmp_path, store):
     with pytest.raises(InputError, match="nope.txt: no such file"):
-        ingest(IngestConfig(sources=[str(tmp_path / "nope.txt")], workers=1), store)
+        ingest(store, IngestConfig(sources=[str(tmp_path / "nope.txt")], workers=1))
     (tmp_path / "data.bin").write_bytes(b"\x00\x01")
     with pytest.raises(InputError, match="data.bin: cannot tell the format"):
-        ingest(IngestConfig(sources=[str(tmp_path / "data.bin")], workers=1), store)
+        ingest(store, IngestConfig(sources=[str(tmp_path / "data.bin")], workers=1))
     write_docs(tmp_path / "mixed", 2)
     (tmp_path / "mixed" / "image.png").write_bytes(b"\x89PNG")
-    m = ingest(IngestConfig(sources=[str(tmp_path / "mixed")], workers=1), store).manifest
+    m = ingest(store, IngestConfig(sources=[str(tmp_path / "mixed")], workers=1)).manifest
     assert m.stats["files_skipped"] == [
         {"file": str(tmp_path / "mixed" / "image.png"), "reason": "unknown format"}
     ]
@@ -295,7 +295,7 @@ def test_progress_callbacks_see_all_bytes_and_documents(tmp_path, store):
     write_docs(tmp_path / "in", 4)
     states = []
     ingest(
-        IngestConfig(sources=[str(tmp_path / "in")], workers=1), store, callbacks=[states.append]
+        store, IngestConfig(sources=[str(tmp_path / "in")], workers=1), callbacks=[states.append]
     )
     final = states[-1]
     assert final.unit == "B" and final.done == final.total > 0 and final.fraction == 1.0

@@ -21,7 +21,7 @@ SMALL = ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, worke
 def upstream(tmp_path_factory) -> tuple[ArtifactStore, str, str]:
     """demo-small ingested and a small vocabulary trained on it, once for the module."""
     store = ArtifactStore(str(tmp_path_factory.mktemp("store")))
-    corpus = ingest(IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1), store)
+    corpus = ingest(store, IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1))
     tokenizer = make_tokenizer(
         store, corpus.manifest.id, TokenizerConfig(vocab_size=1500, limit_alphabet=200)
     )

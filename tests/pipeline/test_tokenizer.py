@@ -21,7 +21,7 @@ def corpus_store(tmp_path_factory) -> tuple[ArtifactStore, str]:
     """demo-small ingested once for the module: 24 speeches, a fifth held out."""
     store = ArtifactStore(str(tmp_path_factory.mktemp("store")))
     config = IngestConfig(sources=["demo-small"], validation_fraction=0.2, workers=1)
-    return store, ingest(config, store).manifest.id
+    return store, ingest(store, config).manifest.id
 
 
 def load(store: ArtifactStore, tokenizer_id: str) -> Tokenizer:
