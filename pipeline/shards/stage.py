@@ -9,7 +9,7 @@ flows layer):
   file's tokens.
 - write, one task per shard: read the shard's pieces from every file, take or give the few rows
   that make every shard's count N // S or N // S + 1 (a plan computed from the pieces' counts
-  alone), shuffle the rows, write the Parquet shard. Memory: one shard.
+  alone), shuffle the rows, write the Parquet shard (`write.py`). Memory: one shard.
 
 Seeds derive from (seed, split, file, pass) and (seed, split, shard), so the output depends only on
 the inputs, the config and the seed: never on the number of workers or how the work was split.
@@ -46,12 +46,12 @@ from bertflow.pipeline.shards.examples import Example, document_examples
 from bertflow.pipeline.shards.format import (
     SPECIAL_NAMES,
     VOCAB_FILE,
-    length_bin,
     shard_schema,
     token_type,
     vocab_flags,
 )
 from bertflow.pipeline.shards.masking import MaskingRule, mask_batch
+from bertflow.pipeline.shards.write import WriteResult, WriteTask, balance, write_shard
 
 TASK_BYTES = 2 << 20  # text per map task: small enough to balance two workers on a small corpus
 HISTOGRAM_BIN = 16  # tokens per bin of the length histogram
@@ -192,11 +192,11 @@ def build_shards(
             plan_moves = balance(counts)
             for shard in range(config.shards_of(split)):
                 write_tasks.append(
-                    _WriteTask(
+                    WriteTask(
                         split, shard, spill, str(out_dir), counts, plan_moves, config, vocab[1]
                     )
                 )
-        written: list[_WriteResult] = run("shard: write", _write_shard, write_tasks)
+        written: list[WriteResult] = run("shard: write", write_shard, write_tasks)
     if not any(w.rows for w in written if w.split == "train"):
         raise InputError(
             f"{plan.corpus.id}: no training examples (documents too short to pair? try a smaller"
@@ -494,133 +494,10 @@ def _tally(result: _MapResult, columns: dict[str, np.ndarray]) -> None:
         result.lengths[i] += n
 
 
-# -- balancing ------------------------------------------------------------------------------------
-
-# A move: (donor shard, file index, first row, end row, receiving shard); rows of the donor's piece.
-Move = tuple[int, int, int, int, int]
-
-
-def balance(counts: np.ndarray) -> list[Move]:
-    """Moves that make shard totals N // S or N // S + 1 (the first N % S shards get one more).
-
-    `counts` is (files, shards). Donors give the last rows of their pieces, highest file first;
-    receivers take in shard order. Computed from counts alone, so every write task agrees.
-    """
-    n_files, n_shards = counts.shape
-    totals = counts.sum(axis=0)
-    base, extra = divmod(int(totals.sum()), n_shards)
-    targets = np.array([base + (s < extra) for s in range(n_shards)])
-    surplus: list[tuple[int, int, int, int]] = []  # (donor, file, start, end)
-    for shard in range(n_shards):
-        give = int(totals[shard] - targets[shard])
-        for file in reversed(range(n_files)):
-            if give <= 0:
-                break
-            take = min(give, int(counts[file, shard]))
-            if take:
-                end = int(counts[file, shard])
-                surplus.append((shard, file, end - take, end))
-                give -= take
-    moves: list[Move] = []
-    for shard in range(n_shards):
-        need = int(targets[shard] - totals[shard])
-        while need > 0:
-            donor, file, start, end = surplus.pop()
-            take = min(need, end - start)
-            moves.append((donor, file, end - take, end, shard))
-            if end - take > start:
-                surplus.append((donor, file, start, end - take))
-            need -= take
-    return moves
-
-
-# -- write: one shard -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _WriteTask:
-    split: Split
-    shard: int
-    spill: str
-    out_dir: str
-    counts: np.ndarray
-    moves: list[Move]
-    config: ShardConfig
-    vocab_size: int
-
-
-@dataclass(frozen=True)
-class _WriteResult:
-    split: Split
-    shard: int
-    path: str
-    rows: int
-    tokens: int
-    padding_share: float
-
-
-def _write_shard(task: _WriteTask, report: Report) -> _WriteResult:
-    folder = Path(task.spill) / task.split
-    pieces = []
-    for file in range(task.counts.shape[0]):
-        rows = int(task.counts[file, task.shard])
-        if not rows:
-            continue
-        given = [m for m in task.moves if m[0] == task.shard and m[1] == file]
-        keep_end = min([rows, *(m[2] for m in given)])
-        if keep_end:
-            pieces.append(_read_piece(folder, task.shard, file).slice(0, keep_end))
-    for donor, file, start, end, receiver in task.moves:
-        if receiver == task.shard:
-            pieces.append(_read_piece(folder, donor, file).slice(start, end - start))
-    schema = shard_schema(task.vocab_size, task.config.masking == "static")
-    table = pa.concat_tables(pieces) if pieces else schema.empty_table()
-    rng = np.random.default_rng(derive_seed(task.config.seed, "shuffle", task.split, task.shard))
-    table = table.take(pa.array(rng.permutation(table.num_rows))).combine_chunks()
-    path = Path(task.out_dir) / task.split / f"shard-{task.shard:05d}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        table, path, compression="zstd", row_group_size=max(1, min(8192, table.num_rows))
-    )
-    lengths = table.column("num_tokens").to_numpy()
-    report(0, 1, 0)
-    return _WriteResult(
-        task.split,
-        task.shard,
-        str(path),
-        table.num_rows,
-        int(lengths.sum()),
-        padding_share(
-            lengths, task.config.batch_size, task.config.length_bins, task.config.max_seq_len
-        ),
-    )
-
-
-def _read_piece(folder: Path, shard: int, file: int) -> pa.Table:
-    path = folder / f"{shard:05d}" / f"{file:05d}.arrow"
-    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-
-
-def padding_share(
-    lengths: np.ndarray, batch_size: int, bins: int = 1, max_seq_len: int = 512, multiple: int = 8
-) -> float:
-    """Share of padding in batches padded to their longest example (rounded up to `multiple`),
-    as the loader pads them: consecutive examples, grouped by length bin first when binning."""
-    if not len(lengths):
-        return 0.0
-    if bins > 1:
-        lengths = lengths[np.argsort(length_bin(lengths, bins, max_seq_len), kind="stable")]
-    padded = 0
-    for start in range(0, len(lengths), batch_size):
-        batch = lengths[start : start + batch_size]
-        padded += len(batch) * int(math.ceil(batch.max() / multiple) * multiple)
-    return round(1.0 - float(lengths.sum()) / padded, 4)
-
-
 # -- stats and layout -----------------------------------------------------------------------------
 
 
-def _stats(plan: ShardPlan, mapped: list[_MapResult], written: list[_WriteResult], seconds: float):
+def _stats(plan: ShardPlan, mapped: list[_MapResult], written: list[WriteResult], seconds: float):
     config = plan.config
     out: dict[str, Any] = {"seconds": round(seconds, 3)}
     for split in SPLITS:
@@ -662,7 +539,7 @@ def _stats(plan: ShardPlan, mapped: list[_MapResult], written: list[_WriteResult
     return out
 
 
-def _layout(plan: ShardPlan, written: list[_WriteResult], vocab: tuple[list[str], int]):
+def _layout(plan: ShardPlan, written: list[WriteResult], vocab: tuple[list[str], int]):
     tokens, size = vocab
     config = plan.config
     out_root = Path(written[0].path).parents[1] if written else Path(".")

@@ -11,7 +11,8 @@ from bertflow.pipeline.core.errors import InputError
 from bertflow.pipeline.core.store import ArtifactNotFound, ArtifactStore, StoreError
 from bertflow.pipeline.ingest.stage import IngestConfig, ingest
 from bertflow.pipeline.shards.format import shard_schema
-from bertflow.pipeline.shards.stage import ShardConfig, balance, make_shards, padding_share
+from bertflow.pipeline.shards.stage import ShardConfig, make_shards
+from bertflow.pipeline.shards.write import balance, padding_share
 from bertflow.pipeline.tokenizer.stage import TokenizerConfig, make_tokenizer
 
 SMALL = ShardConfig(max_seq_len=64, num_shards=4, num_validation_shards=2, workers=1)
