@@ -150,7 +150,7 @@ def test_turning_the_schedule_on_makes_runs_that_the_served_process_completes(
             runs = poll(scheduled, 60, every_s=1.0)
             assert runs, f"the scheduler made no run:\n{served['log'].read_text()[-3000:]}"
             first = min(runs, key=lambda r: r.expected_start_time)
-            assert first.parameters == {"config": served["config"].model_dump(mode="json")}
+            assert first.parameters == {"config": served["config"].editable()}
             done = wait_for_run(first.id, 240)
             assert done is not None, f"the run did not finish:\n{served['log'].read_text()[-3000:]}"
             assert done.state.is_completed(), served["log"].read_text()[-3000:]
