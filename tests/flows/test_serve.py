@@ -70,7 +70,7 @@ def test_serve_registers_the_deployments_schedule_limit_and_automation(served, p
 def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served, prefect_records):
     pipeline = deployment(PIPELINE)
     store: ArtifactStore = served["store"]
-    parameters = {"config": served["config"].model_dump(mode="json")}
+    parameters = {"config": served["config"].editable()}
     parameters["config"]["evaluate"]["seeds"] = 2  # what a user changes in the form
 
     with get_client(sync_client=True) as client:
@@ -103,7 +103,7 @@ def test_a_run_created_with_form_parameters_completes_then_reruns_cached(served,
 
 def test_a_bad_value_in_the_form_is_rejected_naming_the_field(served):
     pipeline = deployment(PIPELINE)
-    parameters = {"config": served["config"].model_dump(mode="json")}
+    parameters = {"config": served["config"].editable()}
     parameters["config"]["phases"][0]["pretrain"]["max_steps"] = 0
     with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError) as error:
         client.create_flow_run_from_deployment(pipeline.id, parameters=parameters)
