@@ -24,9 +24,9 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSIONS: dict[str, int] = {
     "corpus": 1,
     "tokenizer": 1,
-    "shards": 1,
-    "model": 1,
-    "evaluation": 1,
+    "shards": 2,  # 2: masked counts rounded at random (static masks)
+    "model": 2,  # 2: trained with those counts (dynamic masks)
+    "evaluation": 2,  # 2: intrinsic metrics measured with them
 }
 
 ID_HEX_CHARS = 20  # 80 bits: collisions are not a practical concern for one team's store

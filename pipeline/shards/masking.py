@@ -1,8 +1,9 @@
 """BERT's masked-LM rule, vectorised over a batch, shared by static masking (in the shard stage)
 and dynamic masking (in the loader).
 
-Of an example's non-special positions, `round(n * mlm_prob)` (at least 1, at most
-`max_predictions`) are chosen; a chosen token becomes [MASK] 80% of the time, a random
+Of an example's non-special positions, `n * mlm_prob` rounded at random to a neighbouring
+whole number (so the rate is `mlm_prob` in expectation; at least 1, at most `max_predictions`)
+are chosen; a chosen token becomes [MASK] 80% of the time, a random
 non-special token 10%, and stays as it is 10%. With whole-word masking, the pieces of a word
 (`##` continuations) are chosen together: words are taken in random order, skipping any word
 that would overshoot the count.
@@ -44,7 +45,8 @@ def choose_positions(
     candidate = ~rule.special[ids]
     n_candidates = candidate.sum(axis=1)
     n_mask = np.minimum(
-        rule.max_predictions, np.maximum(1, np.rint(n_candidates * rule.mlm_prob).astype(np.int64))
+        rule.max_predictions,
+        np.maximum(1, _unbiased_count(n_candidates, rule, seed, example_index)),
     )
     n_mask = np.minimum(n_mask, n_candidates)
     keys = uniform(seed, example_index, np.arange(length), stream=0)
@@ -68,6 +70,17 @@ def choose_positions(
     chosen = np.zeros((batch, length), dtype=bool)
     np.put_along_axis(chosen, order, chosen_sorted, axis=1)
     return chosen
+
+
+def _unbiased_count(
+    n_candidates: np.ndarray, rule: MaskingRule, seed: int, example_index: np.ndarray
+) -> np.ndarray:
+    """`n * mlm_prob` rounded up with probability equal to its fraction, else down: the share
+    predicted is `mlm_prob` in expectation at every length. Google's round() is not: 4 of 29
+    candidates (13.8%) in every 32-token example, where a per-token draw averages 4.35."""
+    expected = n_candidates * rule.mlm_prob
+    draw = uniform(seed, example_index, np.zeros(1, dtype=np.int64), stream=3)[:, 0]  # (B,)
+    return np.floor(expected + draw).astype(np.int64)
 
 
 def _whole_words(sorted_keys: np.ndarray, candidate: np.ndarray, n_mask: np.ndarray) -> np.ndarray:

@@ -44,6 +44,17 @@ def test_rates_follow_bert_15_percent_and_80_10_10():
     assert (masked[~chosen] == ids[~chosen]).all()
 
 
+def test_short_examples_are_masked_at_the_asked_rate_in_expectation():
+    """29 candidates (a 32-token pair): 4 or 5 predictions, averaging 4.35 (15%), where
+    round(29 * 0.15) would give 4 (13.8%) every time."""
+    ids = np.random.default_rng(0).integers(5, VOCAB, size=(4000, 32))
+    ids[:, 0], ids[:, 16], ids[:, -1] = 2, 3, 3
+    _, labels = mask_batch(ids, rule(max_predictions=5), seed=2, example_index=np.arange(4000))
+    counts = (labels != IGNORE_INDEX).sum(axis=1)
+    assert set(np.unique(counts)) == {4, 5}
+    assert abs(counts.mean() / 29 - 0.15) < 0.003
+
+
 def test_max_predictions_caps_each_example():
     ids = batch(200)
     _, labels = mask_batch(ids, rule(max_predictions=5), seed=1, example_index=np.arange(200))
@@ -76,7 +87,7 @@ def test_whole_word_masking_takes_every_piece_of_a_chosen_word():
             in_word = (word == w) & candidate
             assert picked[in_word].all()
     share = chosen.sum() / (~SPECIAL[ids]).sum()
-    assert 0.145 < share < 0.155  # budgets filled exactly: round(n * 0.15) per row
+    assert 0.145 < share < 0.155  # budgets filled exactly: n * 0.15, rounded at random, per row
 
 
 def test_whole_word_masking_skips_a_word_that_does_not_fit_and_goes_on():
