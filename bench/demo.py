@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from steal import Steal  # bench/ is the script's folder, so on sys.path
+
 MAX_SECONDS = 600.0
 MLM_ACCURACY_GOAL = 0.30
 CHANCE_MARGIN_SE = 3.0
@@ -42,23 +44,6 @@ def bertflow() -> list[str]:
     """The console script beside this interpreter, as a user runs it (else the module)."""
     script = Path(sys.executable).with_name("bertflow")
     return [str(script)] if script.exists() else [sys.executable, "-m", "bertflow.flows.cli"]
-
-
-def cpu_ticks() -> tuple[int, int] | None:
-    """(stolen, total) CPU ticks since boot from /proc/stat's first line; None off Linux."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    # user nice system idle iowait irq softirq steal (guest time is inside user already)
-    ticks = [int(value) for value in fields[1:9]]
-    return (ticks[7], sum(ticks)) if len(ticks) == 8 else None
-
-
-def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def run_demo(store: str, config: Path | None) -> tuple[float, str]:
@@ -162,13 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bertflow-bench-demo-") as tmp:
         store = args.store or str(Path(tmp) / "store")
-        before = cpu_ticks()
-        seconds, evaluation = run_demo(store, args.config)
-        stolen = stolen_share(before, cpu_ticks())
+        with Steal() as steal:
+            seconds, evaluation = run_demo(store, args.config)
         manifest = read_manifest(store, "evaluation", evaluation)
         model = read_manifest(store, "model", manifest["upstream"]["model"])
 
-    table = rows(seconds, manifest["stats"], model["stats"], stolen)
+    table = rows(seconds, manifest["stats"], model["stats"], steal.share)
     width = max(len(r[0]) for r in table)
     print(f"demo: {evaluation}")
     print(f"{'measure':<{width}}  {'value':>26}  {'goal':<24}  met")

@@ -34,6 +34,10 @@ Measured alike for both:
   evaluate stage runs it (`prepare_task`: its training sample, the dev split that picks each
   run's epoch, its seeds; the demo evaluation's recipe), the median over the seeds.
 
+Beside each run, the share of the machine's CPU that the hypervisor gave to other machines while
+it trained (`steal`): runs follow one another, so a neighbour busy during one of them slows only
+that one, and its tokens/s (and the ratios against it) should be read with that in mind.
+
 Equal steps: both trained --steps steps. Noise: ours again with seed + 1; the difference between
 our two seeds is the run-to-run noise. Equal time: the faster contender trained again with its
 steps scaled so that it takes about the slower one's seconds (warm-up and decay over its own
@@ -68,9 +72,10 @@ import pyarrow.parquet as pq
 import torch
 import transformers
 from pydantic import BaseModel
+from steal import Steal  # bench/ is the script's folder, so on sys.path
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
-from train_step import hf_twin  # bench/ is the script's folder, so on sys.path
+from train_step import hf_twin
 
 from bertflow.flows.pipeline_config import PipelineConfig, demo, load_config
 from bertflow.model.bert import BertForPreTraining
@@ -164,6 +169,7 @@ class Run:
     model: BertForPreTraining  # the trained weights, in our model
     validation: dict[str, float] = field(default_factory=dict)
     downstream: float | None = None
+    stolen: float | None = None  # share of the CPU other machines had meanwhile (steal)
 
     @property
     def tokens_per_s(self) -> float:
@@ -451,11 +457,11 @@ def table(rows: list[tuple[str, Run]], anchor: Run, metric: str | None) -> list[
     """Markdown rows: each run's budget, speed beside the anchor's, and model quality."""
     header = (
         "| at | contender | seed | steps | train s | tokens/s | x transformers "
-        "| val MLM loss | val MLM acc | val NSP acc |"
+        "| val MLM loss | val MLM acc | val NSP acc | steal |"
     )
     lines = [
         header + (f" {metric} |" if metric else ""),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if metric else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if metric else ""),
     ]
     for at, r in rows:
         v = r.validation
@@ -463,7 +469,8 @@ def table(rows: list[tuple[str, Run]], anchor: Run, metric: str | None) -> list[
         line = (
             f"| {at} | {r.contender} | {r.seed} | {r.steps:,} | {r.seconds:,.1f} "
             f"| {r.tokens_per_s:,.0f} | {r.tokens_per_s / anchor.tokens_per_s:.2f} "
-            f"| {v['mlm_loss']:.3f} | {v['mlm_acc']:.3f} | {nsp:.3f} |"
+            f"| {v['mlm_loss']:.3f} | {v['mlm_acc']:.3f} | {nsp:.3f} "
+            f"| {'—' if r.stolen is None else f'{r.stolen:.0%}'} |"
         )
         if metric:
             line += f" {r.downstream:.3f} |" if r.downstream is not None else " — |"
@@ -582,7 +589,9 @@ class Bench:
         """Train one contender and measure its model on the validation split."""
         print(f"== {contender}: seed {config.seed}, {config.max_steps} steps", flush=True)
         trainer = train_hf if contender == ANCHOR else train_ours
-        result = trainer(self.store, self.shards_id, config)
+        with Steal() as steal:
+            result = trainer(self.store, self.shards_id, config)
+        result.stolen = steal.share
         validate(result, self.store, self.shards_id, self.evaluation)
         return result
 
