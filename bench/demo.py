@@ -35,6 +35,8 @@ from typing import Any
 
 from steal import Steal  # bench/ is the script's folder, so on sys.path
 
+from bertflow.pipeline.core.store import ArtifactStore
+
 MAX_SECONDS = 600.0
 MLM_ACCURACY_GOAL = 0.30
 CHANCE_MARGIN_SE = 3.0
@@ -136,10 +138,6 @@ def rows(
     return out
 
 
-def read_manifest(store: str, kind: str, artifact_id: str) -> dict[str, Any]:
-    return json.loads((Path(store) / kind / artifact_id / "manifest.json").read_text())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", help="artifact store (default: a new temporary folder)")
@@ -149,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         store = args.store or str(Path(tmp) / "store")
         with Steal() as steal:
             seconds, evaluation = run_demo(store, args.config)
-        manifest = read_manifest(store, "evaluation", evaluation)
-        model = read_manifest(store, "model", manifest["upstream"]["model"])
+        artifacts = ArtifactStore(store)
+        manifest = artifacts.require(evaluation, kind="evaluation")
+        model = artifacts.require(manifest.upstream["model"], kind="model")
 
-    table = rows(seconds, manifest["stats"], model["stats"], steal.share)
+    table = rows(seconds, manifest.stats, model.stats, steal.share)
     width = max(len(r[0]) for r in table)
     print(f"demo: {evaluation}")
     print(f"{'measure':<{width}}  {'value':>26}  {'goal':<24}  met")

@@ -1,12 +1,12 @@
 """BERT's masked-LM rule, vectorised over a batch, shared by static masking (in the shard stage)
 and dynamic masking (in the loader).
 
-Of an example's non-special positions, `n * mlm_prob` rounded at random to a neighbouring
+Of an example's n non-special positions, `n * mlm_prob` rounded at random to a neighbouring
 whole number (so the rate is `mlm_prob` in expectation; at least 1, at most `max_predictions`)
-are chosen; a chosen token becomes [MASK] 80% of the time, a random
-non-special token 10%, and stays as it is 10%. With whole-word masking, the pieces of a word
-(`##` continuations) are chosen together: words are taken in random order, skipping any word
-that would overshoot the count.
+are chosen; a chosen token becomes [MASK] 80% of the time, a random non-special token 10%, and
+stays as it is 10%. With whole-word masking, the pieces of a word (`##` continuations) are
+chosen together: words are taken in random order, skipping any word that would overshoot the
+count.
 
 Every random number is a hash of (seed, example index, position), so an example is masked the
 same way whichever batch, worker or process it lands in.
